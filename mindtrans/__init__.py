@@ -1,0 +1,25 @@
+"""mindtrans: learn the Transformer by building one in MindSpore.
+
+Importing the package is cheap; MindSpore is imported by the submodules that need
+it, the first time one of the names below is used.
+"""
+import importlib
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "TransformerConfig": "mindtrans.config",
+    "Transformer": "mindtrans.model",
+    "count_parameters": "mindtrans.params",
+    "estimate_parameters": "mindtrans.params",
+    "select_device": "mindtrans.device",
+    "load_bundle": "mindtrans.bundle",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'mindtrans' has no attribute {name!r}")

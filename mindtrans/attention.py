@@ -1,0 +1,118 @@
+"""Scaled dot-product attention, its masks, and multi-head attention.
+
+Masks are boolean and broadcast against attention scores of shape
+(batch, heads, query_len, key_len): True means "may attend", False means "hidden".
+"""
+import math
+
+import mindspore as ms
+from mindspore import nn, ops
+
+from mindtrans.init import xavier_dense
+
+
+def padding_mask(tokens, pad_id: int):
+    """(B, L) token ids -> (B, 1, 1, L) bool: True where the key is a real token."""
+    return (tokens != pad_id).expand_dims(1).expand_dims(1)
+
+
+def causal_mask(query_len: int, key_len: int = None):
+    """(1, 1, Lq, Lk) bool: query i may see keys up to its own position.
+
+    With a key/value cache the queries are the last `query_len` of `key_len`
+    positions, so query i sits at position key_len - query_len + i.
+    """
+    key_len = query_len if key_len is None else key_len
+    query_pos = ops.arange(query_len).reshape(query_len, 1) + (key_len - query_len)
+    key_pos = ops.arange(key_len).reshape(1, key_len)
+    return (key_pos <= query_pos).reshape(1, 1, query_len, key_len)
+
+
+def masked_fill_value(dtype):
+    """A score that softmax turns into an exact zero, representable in `dtype`."""
+    return -6.0e4 if dtype == ms.float16 else -1.0e9
+
+
+def scaled_dot_product_attention(query, key, value, mask=None, dropout=None):
+    """softmax(Q K^T / sqrt(d_k)) V.
+
+    query (..., Lq, d_k), key (..., Lk, d_k), value (..., Lk, d_v), mask bool
+    broadcastable to (..., Lq, Lk). Returns output (..., Lq, d_v) and weights (..., Lq, Lk).
+    """
+    scores = ops.matmul(query, key.swapaxes(-1, -2)) / math.sqrt(query.shape[-1])
+    if mask is not None:
+        scores = ops.masked_fill(scores, ops.logical_not(mask), masked_fill_value(scores.dtype))
+    weights = ops.softmax(scores, axis=-1)
+    if dropout is not None:
+        weights = dropout(weights)
+    return ops.matmul(weights, value), weights
+
+
+class MultiHeadAttention(nn.Cell):
+    """h parallel attention heads over learned projections of query, keys and values.
+
+    Self-attention takes keys and values from the query sequence itself; cross-attention
+    (`cross=True`) takes them from `memory`, the encoder output. With `fused=True` the
+    projections that read the same input share one matrix multiply (Q/K/V for
+    self-attention, K/V for cross-attention); the maths is the same.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, cross: bool = False,
+                 fused: bool = True):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
+        self.d_model, self.n_heads, self.d_head = d_model, n_heads, d_model // n_heads
+        self.cross, self.fused = cross, fused
+        if fused and not cross:
+            self.qkv_proj = xavier_dense(d_model, 3 * d_model)
+        else:
+            self.q_proj = xavier_dense(d_model, d_model)
+            if fused:
+                self.kv_proj = xavier_dense(d_model, 2 * d_model)
+            else:
+                self.k_proj = xavier_dense(d_model, d_model)
+                self.v_proj = xavier_dense(d_model, d_model)
+        self.out_proj = xavier_dense(d_model, d_model)
+        self.dropout = nn.Dropout(p=dropout) if dropout > 0 else None
+
+    def split_heads(self, x):
+        """(B, L, D) -> (B, H, L, D/H)."""
+        batch, length, _ = x.shape
+        return x.reshape(batch, length, self.n_heads, self.d_head).transpose(0, 2, 1, 3)
+
+    def merge_heads(self, x):
+        """(B, H, L, D/H) -> (B, L, D)."""
+        batch, _, length, _ = x.shape
+        return x.transpose(0, 2, 1, 3).reshape(batch, length, self.d_model)
+
+    def project(self, query, memory):
+        """Projected (B, L, D) queries, keys and values."""
+        if self.fused and not self.cross:
+            return ops.split(self.qkv_proj(query), self.d_model, axis=-1)
+        source = memory if self.cross else query
+        if self.fused:
+            key, value = ops.split(self.kv_proj(source), self.d_model, axis=-1)
+        else:
+            key, value = self.k_proj(source), self.v_proj(source)
+        return self.q_proj(query), key, value
+
+    def construct(self, query, memory=None, mask=None, cache=None):
+        """query (B, Lq, D); memory (B, Lk, D) for cross-attention; mask bool, see module doc.
+
+        `cache` holds (keys, values), each (B, H, Lc, D/H): for self-attention the earlier
+        positions, extended here; for cross-attention the projected memory, reused as is
+        (`memory` may then be None). Returns output (B, Lq, D), weights (B, H, Lq, Lk) and
+        the cache to pass to the next step.
+        """
+        if self.cross and cache is not None:
+            query = self.split_heads(self.q_proj(query))
+            key, value = cache
+        else:
+            query, key, value = self.project(query, memory)
+            query, key, value = self.split_heads(query), self.split_heads(key), self.split_heads(value)
+            if cache is not None:
+                key = ops.concat((cache[0], key), axis=2)
+                value = ops.concat((cache[1], value), axis=2)
+        out, weights = scaled_dot_product_attention(query, key, value, mask, self.dropout)
+        return self.out_proj(self.merge_heads(out)), weights, (key, value)

@@ -1,0 +1,68 @@
+"""The decoder: masked self-attention, cross-attention to the encoder, a feed-forward network."""
+from mindspore import nn
+
+from mindtrans.attention import MultiHeadAttention, causal_mask
+from mindtrans.config import TransformerConfig
+from mindtrans.layers import FeedForward, PositionalEncoding, Residual, TokenEmbedding, make_norm
+
+
+class DecoderLayer(nn.Cell):
+    """x -> x + MaskedSelfAttention(x) -> x + CrossAttention(x, memory) -> x + FFN(x)."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        c = config
+        self.self_attn = MultiHeadAttention(c.d_model, c.n_heads, c.dropout, fused=c.fused_qkv)
+        self.cross_attn = MultiHeadAttention(c.d_model, c.n_heads, c.dropout, cross=True, fused=c.fused_qkv)
+        self.ffn = FeedForward(c.d_model, c.d_ff, c.dropout, c.activation)
+        self.self_residual = Residual(c.d_model, c.dropout, c.norm, c.norm_first, c.norm_eps)
+        self.cross_residual = Residual(c.d_model, c.dropout, c.norm, c.norm_first, c.norm_eps)
+        self.ffn_residual = Residual(c.d_model, c.dropout, c.norm, c.norm_first, c.norm_eps)
+
+    def construct(self, x, memory, src_mask, tgt_mask, cache=None):
+        """x (B, Lt, D), memory (B, Ls, D), src_mask (B, 1, 1, Ls), tgt_mask (1, 1, Lt, Lc+Lt).
+
+        `cache` is None or (self_keys, self_values, cross_keys, cross_values) from earlier
+        steps. Returns x (B, Lt, D), the updated cache, cross-attention weights (B, H, Lt, Ls).
+        """
+        self_cache = None if cache is None else cache[:2]
+        cross_cache = None if cache is None else cache[2:]
+        out, _, self_kv = self.self_attn(self.self_residual.sublayer_input(x), mask=tgt_mask, cache=self_cache)
+        x = self.self_residual.add(x, out)
+        out, cross_weights, cross_kv = self.cross_attn(self.cross_residual.sublayer_input(x), memory,
+                                                       mask=src_mask, cache=cross_cache)
+        x = self.cross_residual.add(x, out)
+        x = self.ffn_residual.add(x, self.ffn(self.ffn_residual.sublayer_input(x)))
+        return x, self_kv + cross_kv, cross_weights
+
+
+class Decoder(nn.Cell):
+    """Target ids -> embeddings + positions -> N decoder layers (-> final norm for Pre-LN)."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.embed = TokenEmbedding(config.tgt_vocab_size, config.d_model)
+        self.positions = PositionalEncoding(config.d_model, config.max_len, config.dropout)
+        self.layers = nn.CellList([DecoderLayer(config) for _ in range(config.n_decoder_layers)])
+        self.final_norm = make_norm(config.norm, config.d_model, config.norm_eps) if config.norm_first else None
+
+    def construct(self, tgt, memory, src_mask=None, cache=None):
+        """tgt (B, Lt) ids, memory (B, Ls, D), src_mask (B, 1, 1, Ls).
+
+        Without a cache, tgt is the whole (shifted) target and a causal mask hides the
+        future. With the cache returned by a previous call, tgt holds only the new
+        positions. Returns hidden states (B, Lt, D), the new per-layer cache and the
+        per-layer cross-attention weights.
+        """
+        past = 0 if cache is None else cache[0][0].shape[2]
+        length = tgt.shape[1]
+        tgt_mask = causal_mask(length, past + length)
+        x = self.positions(self.embed(tgt), past)
+        new_cache, weights = (), ()
+        for i, layer in enumerate(self.layers):
+            x, layer_cache, w = layer(x, memory, src_mask, tgt_mask, None if cache is None else cache[i])
+            new_cache += (layer_cache,)
+            weights += (w,)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return x, new_cache, weights

@@ -1,0 +1,458 @@
+"""Tests for mindtrans.fetch: loopback HTTP(S) servers and local files only."""
+import gzip
+import http.server
+import io
+import shutil
+import socket
+import ssl
+import subprocess
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from mindtrans import fetch
+from mindtrans.fetch import TEXT_SHA256, FetchError, fetch_multi30k, gzip_name, main
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "multi30k"
+NAMES = list(TEXT_SHA256)
+TARBALL_MEMBERS = {  # WMT16 layout; one archive keeps its files in a subfolder
+    "training.tar.gz": ["train.de", "train.en"],
+    "validation.tar.gz": ["val.de", "val.en"],
+    "mmt_task1_test2016.tar.gz": ["mmt16/test2016.de", "mmt16/test2016.en"],
+}
+
+
+# ---- data ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def gz_files():
+    """The six real per-file gzips, name -> bytes."""
+    paths = [SHARED / gzip_name(name) for name in NAMES]
+    if not all(path.is_file() for path in paths):
+        pytest.skip(f"real Multi30k gzips not found in {SHARED}")
+    return {path.name: path.read_bytes() for path in paths}
+
+
+@pytest.fixture(scope="session")
+def texts(gz_files):
+    """The six decompressed texts, output name -> bytes."""
+    return {name: gzip.decompress(gz_files[gzip_name(name)]) for name in NAMES}
+
+
+def make_tarball(members):
+    """A .tar.gz (bytes) of (TarInfo, data-or-None) pairs."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buffer.getvalue()
+
+
+def regular(name, data):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    return info, data
+
+
+@pytest.fixture(scope="session")
+def tarballs(texts):
+    """The three WMT16 tarballs built from the real texts, name -> bytes."""
+    return {
+        tarball: make_tarball([regular(m, texts[m.split("/")[-1]]) for m in members])
+        for tarball, members in TARBALL_MEMBERS.items()
+    }
+
+
+def write_dir(directory, files):
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (directory / name).write_bytes(data)
+    return directory
+
+
+def populate(data_dir, texts, names):
+    """Put verified output files in place, as if an earlier run had fetched them."""
+    write_dir(fetch.multi30k_dir(data_dir), {name: texts[name] for name in names})
+
+
+def leftovers(directory):
+    """Hidden (temporary) files anywhere under `directory`."""
+    return sorted(str(p) for p in Path(directory).rglob(".*"))
+
+
+def assert_fetched(data_dir, texts):
+    out = fetch.multi30k_dir(data_dir)
+    assert sorted(p.name for p in out.iterdir()) == sorted(NAMES)
+    for name in NAMES:
+        assert (out / name).read_bytes() == texts[name]
+
+
+# ---- environment and servers --------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def hermetic(monkeypatch, tmp_path_factory):
+    """No built-in (internet) mirrors, no proxies, no user wgetrc/curlrc."""
+    monkeypatch.setattr(fetch, "BUILTIN_MIRRORS", ())
+    for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    config = tmp_path_factory.mktemp("config")
+    (config / "wgetrc").write_text("")
+    monkeypatch.setenv("WGETRC", str(config / "wgetrc"))
+    monkeypatch.setenv("CURL_HOME", str(config))
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        """Clients hanging up early (download() probes twice) is expected: stay quiet."""
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    timeout = 5  # a stuck client never pins a server thread
+
+    def do_GET(self):
+        self.server.requests.append(self.path)
+        body = self.server.files.get(self.path.lstrip("/"))
+        if body is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[: len(body) // 2] if self.server.truncate else body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def serve():
+    """serve(files, truncate=False, tls=None) -> (base URL, server); server.requests logs paths."""
+    servers = []
+
+    def start(files, truncate=False, tls=None):
+        server = _Server(("127.0.0.1", 0), _Handler)
+        server.files, server.truncate, server.requests = files, truncate, []
+        scheme = "http"
+        if tls is not None:
+            server.socket = tls.wrap_socket(
+                server.socket, server_side=True, do_handshake_on_connect=False
+            )
+            scheme = "https"
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+        servers.append(server)
+        return f"{scheme}://127.0.0.1:{server.server_address[1]}", server
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def refused_url():
+    """A loopback port nobody listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def silent_url():
+    """A loopback port that accepts connections and never answers."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.fixture(scope="session")
+def self_signed(tmp_path_factory):
+    """(cert, server TLS context) for a self-signed 127.0.0.1 certificate."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl CLI not found")
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return cert, context
+
+
+def need(*tools):
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"not on PATH: {', '.join(missing)}")
+
+
+def run(data_dir, mirrors, **kwargs):
+    """fetch_multi30k with a short timeout; returns (output dir, log text)."""
+    lines = []
+    kwargs.setdefault("timeout", 5)
+    out = fetch_multi30k(data_dir, mirrors, log=lines.append, **kwargs)
+    return out, "\n".join(lines)
+
+
+def run_failing(data_dir, mirrors, **kwargs):
+    """Like run() but expects FetchError; returns (message, log text)."""
+    lines = []
+    kwargs.setdefault("timeout", 5)
+    with pytest.raises(FetchError) as caught:
+        fetch_multi30k(data_dir, mirrors, log=lines.append, **kwargs)
+    return str(caught.value), "\n".join(lines)
+
+
+# ---- tests --------------------------------------------------------------------------
+
+
+def test_dead_mirrors_then_good_one(tmp_path, serve, refused_url, gz_files, texts):
+    url_404, _ = serve({})
+    good, _ = serve(gz_files)
+    out, log = run(tmp_path, [refused_url, url_404, good])
+    assert_fetched(tmp_path, texts)
+    for tool in ("download", "wget", "curl"):
+        assert f"[{tool}] {refused_url}/train.de.gz: connection refused" in log
+    assert f"skipping the rest of {refused_url}: unreachable" in log
+    assert log.count(refused_url) == 4  # three tools once each, then the mirror is skipped
+    assert f"[download] {url_404}/train.de.gz: HTTP 404" in log
+    assert f"[wget] {url_404}/train.de.gz" not in log  # a 404 is not asked again
+    assert f"[download] {url_404}/training.tar.gz: HTTP 404" in log
+    assert f"[download] {good}/test_2016_flickr.en.gz: ok" in log
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "body, cause",
+    [(gzip.compress(b"wrong\n"), "checksum mismatch"), (b"<html>wrong</html>", "not a gzip file")],
+    ids=["wrong-text", "not-gzip"],
+)
+def test_wrong_bytes_are_rejected(tmp_path, serve, texts, body, cause):
+    populate(tmp_path, texts, [n for n in NAMES if n != "val.en"])
+    url, _ = serve({gzip_name("val.en"): body})
+    message, log = run_failing(tmp_path, [url])
+    for tool in ("download", "wget", "curl"):
+        assert f"[{tool}] {url}/val.en.gz: {cause}" in message
+    assert not (fetch.multi30k_dir(tmp_path) / "val.en").exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_truncated_transfer_is_rejected(tmp_path, serve, gz_files, texts):
+    populate(tmp_path, texts, [n for n in NAMES if n != "train.de"])
+    url, _ = serve(gz_files, truncate=True)
+    message, _ = run_failing(tmp_path, [url])
+    for tool in ("download", "wget", "curl"):
+        assert f"[{tool}] {url}/train.de.gz: truncated" in message
+    assert not (fetch.multi30k_dir(tmp_path) / "train.de").exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_wmt16_tarball_mirror(tmp_path, serve, tarballs, texts):
+    url, _ = serve(tarballs)
+    _, log = run(tmp_path, [url])
+    assert_fetched(tmp_path, texts)
+    for tarball in TARBALL_MEMBERS:
+        assert log.count(f"{url}/{tarball}") == 1  # one download serves both languages
+    assert f"[download] {url}/train.de.gz: HTTP 404" in log
+    assert f"{url}/train.en.gz" not in log  # already delivered by training.tar.gz
+    assert leftovers(tmp_path) == []
+
+
+def _unsafe_members(tmp_path):
+    def special(name, kind, target=""):
+        info = tarfile.TarInfo(name)
+        info.type, info.linkname = kind, target
+        return info, None
+
+    outside = tmp_path / "outside-evil"
+    return {
+        "dotdot": ("../evil", regular("../evil", b"evil\n")),
+        "absolute": (str(outside), regular(str(outside), b"evil\n")),
+        "symlink": ("val.de", special("val.de", tarfile.SYMTYPE, "/etc/passwd")),
+        "hardlink": ("val.de", special("val.de", tarfile.LNKTYPE, "/etc/passwd")),
+        "fifo": ("pipe", special("pipe", tarfile.FIFOTYPE)),
+    }
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink", "hardlink", "fifo"])
+def test_unsafe_tarball_is_refused(tmp_path, texts, gz_files, kind):
+    member_name, bad = _unsafe_members(tmp_path)[kind]
+    populate(tmp_path / "data", texts, [n for n in NAMES if not n.startswith("val.")])
+    tarball = make_tarball(
+        [regular("val.en", texts["val.en"]), bad, regular("val.de", texts["val.de"])]
+    )
+    evil = write_dir(tmp_path / "evil", {"validation.tar.gz": tarball})
+    good = write_dir(tmp_path / "good", {n: gz_files[n] for n in ("val.de.gz", "val.en.gz")})
+
+    _, log = run(tmp_path / "data", [evil, good])
+    assert f"unsafe archive member {member_name!r}" in log and "archive refused" in log
+    assert f"[local] {good / 'val.de.gz'}: ok" in log  # the next mirror delivered instead
+    assert_fetched(tmp_path / "data", texts)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "evil", "good"]  # nothing outside
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("as_url", [False, True], ids=["directory", "file-url"])
+def test_local_mirror(tmp_path, gz_files, texts, as_url):
+    directory = write_dir(tmp_path / "mirror", gz_files)
+    out, _ = run(tmp_path / "data", directory.as_uri() if as_url else str(directory))
+    assert out == tmp_path / "data" / "multi30k"
+    assert_fetched(tmp_path / "data", texts)
+    assert leftovers(tmp_path) == []
+
+
+def test_local_tarball_mirror(tmp_path, tarballs, texts):
+    run(tmp_path / "data", [write_dir(tmp_path / "mirror", tarballs)])
+    assert_fetched(tmp_path / "data", texts)
+
+
+def test_second_run_touches_no_network(tmp_path, serve, refused_url, texts):
+    populate(tmp_path, texts, NAMES)
+    url, server = serve({})
+    _, log = run(tmp_path, [url, refused_url])
+    assert server.requests == []
+    out = fetch.multi30k_dir(tmp_path)
+    assert log == f"Multi30k already present and verified in {out}; nothing to download."
+
+
+def test_corrupt_file_is_fetched_again(tmp_path, gz_files, texts):
+    populate(tmp_path / "data", texts, NAMES)
+    (fetch.multi30k_dir(tmp_path / "data") / "val.de").write_bytes(b"corrupt\n")
+    _, log = run(tmp_path / "data", [write_dir(tmp_path / "mirror", gz_files)])
+    assert "val.de does not match its sha256" in log
+    assert "val.de.gz: ok" in log and "train.de.gz" not in log
+    assert_fetched(tmp_path / "data", texts)
+
+
+def test_unresponsive_mirror_costs_about_the_timeout(tmp_path, silent_url, gz_files, texts):
+    good = write_dir(tmp_path / "mirror", gz_files)
+    start = time.monotonic()
+    _, log = run(tmp_path / "data", [silent_url, good], timeout=1)
+    assert time.monotonic() - start < 15
+    for tool in ("download", "wget", "curl"):
+        assert f"[{tool}] {silent_url}/train.de.gz: timeout" in log
+    assert f"skipping the rest of {silent_url}: unreachable" in log
+    assert_fetched(tmp_path / "data", texts)
+
+
+def test_insecure_still_enforces_checksums(tmp_path, serve, self_signed, texts):
+    populate(tmp_path, texts, [n for n in NAMES if n != "val.de"])
+    url, _ = serve({"val.de.gz": gzip.compress(b"tampered\n")}, tls=self_signed[1])
+    message, log = run_failing(tmp_path, [url], insecure=True)
+    assert "WARNING: --insecure" in log
+    for tool in ("download", "wget", "curl"):  # TLS skipped by each tool, checksum still failed
+        assert f"[{tool}] {url}/val.de.gz: checksum mismatch for val.de" in message
+    assert not (fetch.multi30k_dir(tmp_path) / "val.de").exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_insecure_python_path_accepts_self_signed(tmp_path, serve, self_signed, gz_files, texts):
+    url, _ = serve(gz_files, tls=self_signed[1])
+    _, log = run(tmp_path, [url], insecure=True)
+    assert f"[download] {url}/train.de.gz: ok" in log
+    assert_fetched(tmp_path, texts)
+
+
+def test_self_signed_https_python_fails_wget_succeeds(
+    tmp_path, monkeypatch, serve, self_signed, gz_files, texts
+):
+    """OpenI: Python's trust store lacks the certificate, the system wget (via wgetrc) has it."""
+    need("wget")
+    cert, context = self_signed
+    for var in ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(var, raising=False)
+    (tmp_path / "wgetrc").write_text(f"ca_certificate = {cert}\n")
+    monkeypatch.setenv("WGETRC", str(tmp_path / "wgetrc"))
+    url, _ = serve(gz_files, tls=context)
+
+    _, log = run(tmp_path / "data", [url])
+    assert f"[download] {url}/train.de.gz: SSL verification failed" in log
+    assert log.count("[download]") == 1  # Python cannot reach this mirror: not asked again
+    for name in NAMES:
+        assert f"[wget] {url}/{gzip_name(name)}: ok" in log
+    assert "[curl]" not in log
+    assert_fetched(tmp_path / "data", texts)
+
+
+def test_secure_by_default_without_wgetrc(tmp_path, monkeypatch, serve, self_signed, gz_files):
+    need("wget", "curl")
+    for var in ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(var, raising=False)
+    url, server = serve(gz_files, tls=self_signed[1])
+    message, _ = run_failing(tmp_path, [url])
+    for tool in ("download", "wget", "curl"):
+        assert f"[{tool}] {url}/train.de.gz: SSL verification failed" in message
+    assert "--insecure" in message
+    assert server.requests == []  # no request ever got past the TLS handshake
+
+
+def test_everything_fails(tmp_path, serve, refused_url):
+    url_404, _ = serve({})
+    missing_dir = tmp_path / "nowhere"
+    message, log = run_failing(tmp_path / "data", [refused_url, url_404, str(missing_dir)])
+    failures = [line.strip() for line in log.splitlines() if line.startswith("  [")]
+    assert len(failures) == 3 + 6 + 3 + 1  # refused x3 tools, 6 gzips and 3 tarballs 404, no dir
+    for line in failures:
+        assert line in message
+    assert "--mirror DIR" in message  # way out (a)
+    for name in NAMES:
+        assert gzip_name(name) in message
+        expected_path = fetch.multi30k_dir(tmp_path / "data") / name
+        assert f"{expected_path}  sha256 {TEXT_SHA256[name]}" in message  # way out (b)
+    for tarball in TARBALL_MEMBERS:
+        assert tarball in message
+    assert list(fetch.multi30k_dir(tmp_path / "data").iterdir()) == []
+
+
+def test_missing_tools_are_skipped(tmp_path, monkeypatch, refused_url):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    message, _ = run_failing(tmp_path, [refused_url])
+    assert f"[download] {refused_url}/train.de.gz: connection refused" in message
+    assert "[wget]" not in message and "[curl]" not in message
+
+
+def test_interrupted_download_leaves_nothing(tmp_path, monkeypatch, serve, gz_files):
+    def interrupted(url, dest, insecure, timeout):
+        dest.write_bytes(b"half")
+        dest.with_name(dest.name + ".part").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(fetch._TOOL_FUNCTIONS, "download", interrupted)
+    url, _ = serve(gz_files)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, [url])
+    assert list(fetch.multi30k_dir(tmp_path).iterdir()) == []
+
+
+def test_main_exit_codes(tmp_path, capsys, gz_files, refused_url):
+    mirror = write_dir(tmp_path / "mirror", gz_files)
+    assert main(["--data-dir", str(tmp_path / "ok"), "--mirror", str(mirror)]) == 0
+    assert main(["--data-dir", str(tmp_path / "ok")]) == 0
+    assert "nothing to download" in capsys.readouterr().out
+
+    failing = ["--data-dir", str(tmp_path / "ko"), "--mirror", refused_url, "--timeout", "2"]
+    assert main(failing) == 1
+    err = capsys.readouterr().err
+    assert "connection refused" in err and "Two ways out" in err
+
+
+def test_add_fetch_arguments_matches_fetch_signature():
+    import argparse
+
+    args = fetch.add_fetch_arguments(argparse.ArgumentParser()).parse_args(
+        ["--mirror", "a", "--mirror", "b", "--insecure", "--timeout", "3", "--data-dir", "d"]
+    )
+    assert vars(args) == {"data_dir": "d", "mirrors": ["a", "b"], "insecure": True, "timeout": 3.0}
