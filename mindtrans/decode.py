@@ -1,0 +1,180 @@
+"""Decoding: batched greedy and beam search with the decoder's key/value cache.
+
+Both encode the source once, then run the decoder on one new token per step: the
+cache holds every layer's keys and values of the earlier positions (and the
+projected encoder memory), so no step recomputes the prefix.
+"""
+import warnings
+
+import mindspore as ms
+import numpy as np
+from mindspore import ops
+
+from mindtrans.data import BOS, EOS, PAD, detokenize, tokenize
+
+
+def _select(cache, rows: np.ndarray):
+    """Keep (and reorder) the batch rows `rows` of every tensor in a per-layer cache."""
+    index = ms.Tensor(rows.astype(np.int32))
+    return tuple(tuple(ops.gather(t, index, 0) for t in layer) for layer in cache)
+
+
+def _log_probs(model, tokens, memory, src_mask, cache):
+    """Decode one step: tokens (B, 1) -> log-probabilities (B, V) as NumPy, new cache, cross weights (B, Ls)."""
+    logits, cache, weights = model.decode(ms.Tensor(tokens), memory, src_mask, cache)
+    log_probs = ops.log_softmax(logits[:, -1].astype(ms.float32), axis=-1).asnumpy()
+    attention = weights[-1][:, :, -1].mean(axis=1).asnumpy()  # last layer, averaged over heads
+    return log_probs, cache, attention
+
+
+def default_max_new_tokens(src_len: int, limit: int) -> int:
+    """Room for the output: the source length plus 50 tokens, within the model's max_len."""
+    return max(1, min(src_len + 50, limit - 1))
+
+
+def greedy_decode(model, src: np.ndarray, max_new_tokens: int = None, return_attention: bool = False):
+    """Most probable next token at each step, for a batch of padded sources src (B, Ls).
+
+    Returns a list of B token-id lists (without <bos>/<eos>) and, with
+    `return_attention`, a list of (T_i, Ls) cross-attention arrays (last layer, mean over
+    heads; one row per output token and one for <eos>).
+    """
+    memory, src_mask, _ = model.encode(ms.Tensor(src))
+    steps = max_new_tokens or default_max_new_tokens(src.shape[1], model.config.max_len)
+    batch = src.shape[0]
+    tokens = np.full((batch, 1), BOS, dtype=np.int32)
+    outputs = np.full((batch, steps), PAD, dtype=np.int32)
+    attention = np.zeros((batch, steps, src.shape[1]), dtype=np.float32)
+    lengths = np.full(batch, steps)
+    finished = np.zeros(batch, dtype=bool)
+    cache = None
+    for t in range(steps):
+        log_probs, cache, weights = _log_probs(model, tokens, memory, src_mask, cache)
+        next_tokens = log_probs.argmax(axis=-1).astype(np.int32)
+        next_tokens[finished] = PAD
+        outputs[:, t] = next_tokens
+        attention[:, t] = weights
+        ended = ~finished & (next_tokens == EOS)
+        lengths[ended] = t
+        finished |= ended
+        if finished.all():
+            break
+        tokens = next_tokens[:, None]
+    hyps = [outputs[i, :lengths[i]].tolist() for i in range(batch)]
+    if return_attention:
+        return hyps, [attention[i, :min(lengths[i] + 1, steps)] for i in range(batch)]  # <eos> step included
+    return hyps
+
+
+def length_penalty(length, alpha: float):
+    """GNMT length normalisation ((5 + length) / 6) ** alpha (Wu et al., 2016); alpha 0 disables it."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+def beam_search(model, src: np.ndarray, beam_size: int = 4, alpha: float = 0.6, max_new_tokens: int = None,
+                return_attention: bool = False):
+    """Keep the `beam_size` best partial translations per sentence; return the best finished one.
+
+    Scores are summed log-probabilities. A sentence is done once `beam_size` hypotheses
+    have ended with <eos>; they are ranked by score / `length_penalty`. With beam size 1
+    this is exactly greedy decoding. Same return values as `greedy_decode`.
+    """
+    if beam_size < 1:
+        raise ValueError(f"beam_size must be at least 1, got {beam_size}")
+    batch, src_len = src.shape
+    k = beam_size
+    memory, src_mask, _ = model.encode(ms.Tensor(src))
+    rows = ms.Tensor(np.repeat(np.arange(batch), k).astype(np.int32))  # beam b of sentence i is row i*k + b
+    memory, src_mask = ops.gather(memory, rows, 0), ops.gather(src_mask, rows, 0)
+    steps = max_new_tokens or default_max_new_tokens(src_len, model.config.max_len)
+    scores = np.full((batch, k), -np.inf)
+    scores[:, 0] = 0.0  # every beam starts as the same <bos>: keep one alive at first
+    history = np.zeros((batch, k, 0), dtype=np.int32)
+    attn_history = np.zeros((batch, k, 0, src_len), dtype=np.float32)
+    finished = [[] for _ in range(batch)]  # (normalised score, tokens, attention) per ended hypothesis
+    tokens = np.full((batch * k, 1), BOS, dtype=np.int32)
+    cache = None
+    for t in range(steps):
+        log_probs, cache, weights = _log_probs(model, tokens, memory, src_mask, cache)
+        vocab = log_probs.shape[-1]
+        candidates = (scores[:, :, None] + log_probs.reshape(batch, k, vocab)).reshape(batch, k * vocab)
+        top = np.argsort(-candidates, axis=-1, kind="stable")[:, :2 * k]  # 2k: k stay alive even if k end
+        scores = np.full((batch, k), -np.inf)
+        parents = np.zeros((batch, k), dtype=np.int64)
+        next_tokens = np.full((batch, k), PAD, dtype=np.int32)
+        for i in range(batch):
+            alive = 0
+            for flat in top[i]:
+                if len(finished[i]) >= k or alive == k or not np.isfinite(candidates[i, flat]):
+                    break
+                beam, token = divmod(int(flat), vocab)
+                if token == EOS:
+                    attention = np.concatenate([attn_history[i, beam], weights[i * k + beam][None]])
+                    finished[i].append((candidates[i, flat] / length_penalty(t + 1, alpha),
+                                        history[i, beam].tolist(), attention))
+                else:
+                    scores[i, alive], parents[i, alive], next_tokens[i, alive] = candidates[i, flat], beam, token
+                    alive += 1
+            if len(finished[i]) >= k:
+                scores[i] = -np.inf  # done: no live beams left
+        if not np.isfinite(scores).any():
+            break
+        rows_kept = (np.arange(batch)[:, None] * k + parents).reshape(-1)
+        history = np.concatenate([history[np.arange(batch)[:, None], parents], next_tokens[:, :, None]], axis=2)
+        attn_history = np.concatenate([attn_history[np.arange(batch)[:, None], parents],
+                                       weights[rows_kept].reshape(batch, k, 1, src_len)], axis=2)
+        cache = _select(cache, rows_kept)
+        tokens = next_tokens.reshape(-1, 1)
+    hyps, attns = [], []
+    for i in range(batch):
+        pool = finished[i] or [(scores[i, b] / length_penalty(history.shape[2], alpha), history[i, b].tolist(),
+                                attn_history[i, b]) for b in range(k) if np.isfinite(scores[i, b])]
+        _, best_tokens, best_attention = max(pool, key=lambda hyp: hyp[0])
+        hyps.append(best_tokens)
+        attns.append(best_attention)
+    return (hyps, attns) if return_attention else hyps
+
+
+class Translator:
+    """Sentences in, sentences out: tokenize, batch by length, decode, detokenize, restore order."""
+
+    def __init__(self, model, src_vocab, tgt_vocab, batch_size: int = 128, max_new_tokens: int = None):
+        self.model, self.src_vocab, self.tgt_vocab = model, src_vocab, tgt_vocab
+        self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
+        self.max_src_len = model.config.max_len
+        model.set_train(False)
+
+    def encode(self, sentence: str) -> list:
+        """Source ids with <bos>/<eos>; input longer than the model's max_len is cut, with a warning."""
+        ids = [BOS, *self.src_vocab.encode(tokenize(sentence)), EOS]
+        if len(ids) > self.max_src_len:
+            warnings.warn(f"input of {len(ids)} tokens truncated to the model's max_len={self.max_src_len}: "
+                          f"{sentence[:40]!r}...", stacklevel=3)
+            ids = ids[:self.max_src_len - 1] + [EOS]
+        return ids
+
+    def translate_ids(self, sentences, beam_size: int = 1, alpha: float = 0.6, return_attention: bool = False):
+        """Target id lists (and attention) for `sentences`, in input order."""
+        encoded = [self.encode(s) for s in sentences]
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        hyps, attns = [None] * len(encoded), [None] * len(encoded)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start:start + self.batch_size]
+            width = max(len(encoded[i]) for i in chunk)
+            src = np.full((len(chunk), width), PAD, dtype=np.int32)
+            for row, i in enumerate(chunk):
+                src[row, :len(encoded[i])] = encoded[i]
+            if beam_size == 1:
+                out = greedy_decode(self.model, src, self.max_new_tokens, return_attention=True)
+            else:
+                out = beam_search(self.model, src, beam_size, alpha, self.max_new_tokens, return_attention=True)
+            for row, i in enumerate(chunk):
+                hyps[i] = out[0][row]
+                attns[i] = out[1][row][:, :len(encoded[i])]
+        return (hyps, attns) if return_attention else hyps
+
+    def translate(self, sentences, beam_size: int = 1, alpha: float = 0.6) -> list:
+        """Detokenized translations of `sentences` (a list of strings), in input order."""
+        if isinstance(sentences, str):
+            raise TypeError("translate() takes a list of sentences; wrap a single one in a list")
+        return [detokenize(self.tgt_vocab.decode(ids)) for ids in self.translate_ids(sentences, beam_size, alpha)]

@@ -1,0 +1,339 @@
+"""Training: data, model, compiled train step, schedule, checkpoints, resume.
+
+Read top to bottom: `TrainConfig` holds the knobs, `prepare_data` turns text into
+batches, `make_train_step` compiles forward + loss + gradients + update into one
+graph, and `train` runs epochs, validates, and keeps the best and the latest
+checkpoints in the run directory (which is also the model bundle, see `bundle`).
+"""
+import csv
+import json
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import mindspore as ms
+import numpy as np
+from mindspore import amp, nn, ops
+from tqdm.auto import tqdm
+
+from mindtrans import bundle, checkpoint
+from mindtrans.config import TransformerConfig
+from mindtrans.data import PAD, BucketBatcher, Vocab, encode_pairs, load_split, tokenize
+from mindtrans.device import select_device
+from mindtrans.loss import label_smoothed_nll
+from mindtrans.model import Transformer
+from mindtrans.schedule import SCHEDULES, WarmupSchedule, learning_rate
+
+
+@dataclass
+class TrainConfig:
+    """Training hyper-parameters (the architecture lives in `TransformerConfig`)."""
+
+    preset: str = "small"
+    epochs: int = 10
+    max_steps: int = 0          # stop after this many optimizer steps in total (0: no limit)
+    max_minutes: float = 0.0    # stop after this much training time in this process (0: no limit)
+    batch_tokens: int = 4096    # padded positions per side in one batch
+    lr: float = 1e-3            # peak learning rate, reached at the end of warm-up
+    warmup_steps: int = 400
+    schedule: str = "inverse_sqrt"
+    label_smoothing: float = 0.1
+    clip_norm: float = 1.0
+    dropout: float = -1.0       # < 0: the preset's
+    seed: int = 0
+    amp: str = "auto"           # "auto" (on for Ascend/GPU, off for CPU), "on", "off"
+    mode: str = "graph"         # "graph" (compiled with mindspore.jit) or "pynative" (eager, for debugging)
+    max_len: int = 128          # longest sentence in tokens, <bos>/<eos> included; longer ones are cut
+    min_freq: int = 2           # rarer words become <unk>
+    corpus: str = "auto"        # "multi30k", "synthetic", or "auto" (multi30k if fetched, else synthetic)
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.amp not in ("auto", "on", "off"):
+            raise ValueError(f"amp must be 'auto', 'on' or 'off', got {self.amp!r}")
+        if self.mode not in ("graph", "pynative"):
+            raise ValueError(f"mode must be 'graph' or 'pynative', got {self.mode!r}")
+        if self.corpus not in ("auto", "multi30k", "synthetic"):
+            raise ValueError(f"corpus must be 'auto', 'multi30k' or 'synthetic', got {self.corpus!r}")
+        for name in ("epochs", "batch_tokens", "max_len", "min_freq"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.clip_norm <= 0 or not 0 <= self.label_smoothing < 1:
+            raise ValueError("lr and clip_norm must be positive and label_smoothing in [0, 1)")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is left untouched."""
+
+
+# --------------------------------------------------------------------------- data
+def resolve_corpus(data_dir, corpus: str) -> str:
+    """'auto' picks Multi30k when its files are in `data_dir`, else the embedded synthetic corpus."""
+    if corpus != "auto":
+        return corpus
+    return "multi30k" if (Path(data_dir) / "multi30k" / "train.de").is_file() else "synthetic"
+
+
+def ensure_corpus(data_dir, corpus: str) -> None:
+    """Write the synthetic corpus on first use; Multi30k must be fetched (`mindtrans fetch`)."""
+    if corpus == "synthetic" and not (Path(data_dir) / "synthetic" / "train.de").is_file():
+        from mindtrans.corpus import write_synthetic
+
+        write_synthetic(data_dir)
+
+
+def build_vocabs(train_pairs, min_freq: int) -> tuple:
+    """Source and target vocabularies from the training split only."""
+    src = Vocab.build((tokenize(s) for s, _ in train_pairs), min_freq=min_freq)
+    tgt = Vocab.build((tokenize(t) for _, t in train_pairs), min_freq=min_freq)
+    return src, tgt
+
+
+def make_batcher(pairs, src_vocab, tgt_vocab, cfg: TrainConfig, shuffle: bool, num_shards=1, shard_id=0):
+    """Encoded, length-bucketed batches; training drops ragged remainders so every batch shape repeats."""
+    encoded = encode_pairs(pairs, src_vocab, tgt_vocab, max_len=cfg.max_len)
+    return BucketBatcher(encoded, batch_tokens=cfg.batch_tokens, max_len=cfg.max_len, shuffle=shuffle,
+                         seed=cfg.seed, drop_remainder=shuffle, num_shards=num_shards, shard_id=shard_id)
+
+
+# --------------------------------------------------------------------------- steps
+def use_amp(cfg: TrainConfig, device: str) -> bool:
+    return cfg.amp == "on" or (cfg.amp == "auto" and device in ("Ascend", "GPU"))
+
+
+def make_train_step(model, optimizer, cfg: TrainConfig, loss_scaler=None):
+    """One optimizer step: forward, label-smoothed loss, gradients, clipping, Adam update.
+
+    src (B, Ls), tgt (B, Lt) ids -> (mean loss, NLL sum, real target tokens, grads finite).
+    The update is skipped when a gradient is not finite (expected now and then under
+    mixed precision, where the loss scaler then lowers its scale).
+    """
+
+    def forward(src, tgt):
+        logits = model(src, tgt[:, :-1])
+        loss_sum, nll_sum, tokens = label_smoothed_nll(logits, tgt[:, 1:], cfg.label_smoothing, PAD)
+        loss = loss_sum / tokens
+        if loss_scaler is not None:
+            loss = loss_scaler.scale(loss)
+        return loss, nll_sum, tokens
+
+    grad_fn = ms.value_and_grad(forward, None, optimizer.parameters, has_aux=True)
+
+    def step(src, tgt):
+        (loss, nll_sum, tokens), grads = grad_fn(src, tgt)
+        if loss_scaler is not None:
+            loss = loss_scaler.unscale(loss)
+            grads = loss_scaler.unscale(grads)
+        finite = amp.all_finite(grads)
+        if loss_scaler is not None:
+            loss_scaler.adjust(finite)
+        if finite:
+            optimizer(ops.clip_by_global_norm(grads, cfg.clip_norm))
+        return loss, nll_sum, tokens, finite
+
+    return ms.jit(step) if cfg.mode == "graph" else step
+
+
+def evaluate_loss(model, batcher) -> dict:
+    """Teacher-forced loss on every batch of `batcher`: {"loss": mean NLL per token, "ppl": perplexity}."""
+    model.set_train(False)
+    nll_total = tokens_total = 0.0
+    for indices in batcher.plan(0):
+        src, tgt = batcher.collate(indices)
+        logits = model(ms.Tensor(src), ms.Tensor(tgt[:, :-1]))
+        _, nll_sum, tokens = label_smoothed_nll(logits, ms.Tensor(tgt[:, 1:]), 0.0, PAD)
+        nll_total += float(nll_sum.asnumpy())
+        tokens_total += float(tokens.asnumpy())
+    model.set_train(True)
+    loss = nll_total / max(tokens_total, 1.0)
+    return {"loss": loss, "ppl": math.exp(min(loss, 50.0))}
+
+
+# --------------------------------------------------------------------------- state
+def training_state(model, optimizer, loss_scaler=None) -> list:
+    """Every Parameter a resumed run needs: weights, Adam moments, step counter, loss scale."""
+    state, seen = [], set()
+    cells = [model, optimizer] + ([loss_scaler] if isinstance(loss_scaler, nn.Cell) else [])
+    for cell in cells:
+        for _, param in cell.parameters_and_names():
+            if param.name not in seen:
+                seen.add(param.name)
+                state.append(param)
+    if loss_scaler is not None and not isinstance(loss_scaler, nn.Cell):
+        state += [loss_scaler.scale_value, loss_scaler.counter]
+    return state
+
+
+def restore_state(params: list, saved: dict, path) -> None:
+    """Copy saved values into `params` in place; a missing or misshapen entry raises ValueError."""
+    for param in params:
+        if param.name not in saved:
+            raise ValueError(f"{path} has no value for {param.name}; it was written by a different model or run")
+        value = saved[param.name]
+        if tuple(value.shape) != tuple(param.shape):
+            raise ValueError(f"{path}: {param.name} has shape {tuple(value.shape)}, the model expects "
+                             f"{tuple(param.shape)}")
+        param.set_data(value.astype(param.dtype))
+
+
+def write_log(run_dir: Path, history: list) -> None:
+    """log.json and log.csv: one row per epoch."""
+    from mindtrans.data import atomic_write_text
+
+    atomic_write_text(run_dir / "log.json", json.dumps(history, indent=1))
+    if history:
+        import io
+
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(history[-1]))
+        writer.writeheader()
+        writer.writerows(history)
+        atomic_write_text(run_dir / "log.csv", buf.getvalue())
+
+
+# --------------------------------------------------------------------------- the loop
+RESUME_OVERRIDES = ("epochs", "max_steps", "max_minutes")
+
+
+def train(data_dir, out, cfg: TrainConfig = None, resume: bool = False, verbose: bool = True) -> dict:
+    """Train a translator on `data_dir` and write a model bundle to the run directory `out`.
+
+    Returns the final summary (also in out/metadata.json). `resume=True` continues from
+    out/latest.ckpt with the configuration saved in `out`; of `cfg` only the stopping
+    limits (`RESUME_OVERRIDES`) are taken, so a stopped run can be given more time.
+    """
+    out = Path(out)
+    device = select_device(verbose=verbose)
+    if resume:
+        if not (out / "latest.ckpt").is_file():
+            raise FileNotFoundError(f"nothing to resume: {out / 'latest.ckpt'} does not exist")
+        saved_cfg = json.loads((out / "train_config.json").read_text())["train"]
+        if cfg is not None:
+            saved_cfg.update({name: getattr(cfg, name) for name in RESUME_OVERRIDES})
+        cfg = TrainConfig.from_dict(saved_cfg)
+    cfg = cfg or TrainConfig()
+    corpus = resolve_corpus(data_dir, cfg.corpus)
+    ensure_corpus(data_dir, corpus)
+    train_pairs = load_split(data_dir, "train", corpus=corpus)
+    val_pairs = load_split(data_dir, "val", corpus=corpus)
+    if resume:
+        src_vocab, tgt_vocab = Vocab.load(out / "src_vocab.json"), Vocab.load(out / "tgt_vocab.json")
+        config = TransformerConfig.from_dict(json.loads((out / "config.json").read_text()))
+    else:
+        src_vocab, tgt_vocab = build_vocabs(train_pairs, cfg.min_freq)
+        overrides = {"dropout": cfg.dropout} if cfg.dropout >= 0 else {}
+        config = TransformerConfig.preset(cfg.preset, **overrides).with_vocab(len(src_vocab), len(tgt_vocab))
+        config = TransformerConfig.from_dict({**config.to_dict(), "max_len": max(config.max_len, cfg.max_len)})
+    train_batches = make_batcher(train_pairs, src_vocab, tgt_vocab, cfg, shuffle=True)
+    val_batches = make_batcher(val_pairs, src_vocab, tgt_vocab, cfg, shuffle=False)
+
+    ms.set_seed(cfg.seed)
+    model = Transformer(config)
+    model.set_train(True)
+    steps_per_epoch = len(train_batches)
+    total_steps = steps_per_epoch * cfg.epochs if not cfg.max_steps else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
+    schedule = WarmupSchedule(cfg.lr, cfg.warmup_steps, cfg.schedule, total_steps)
+    optimizer = nn.Adam(model.trainable_params(), learning_rate=schedule, beta1=0.9, beta2=0.98, eps=1e-9)
+    loss_scaler = None
+    if use_amp(cfg, device):
+        model = amp.auto_mixed_precision(model, "O2")
+        loss_scaler = amp.DynamicLossScaler(scale_value=2.0 ** 16, scale_factor=2, scale_window=1000)
+    step_fn = make_train_step(model, optimizer, cfg, loss_scaler)
+    state = training_state(model, optimizer, loss_scaler)
+
+    progress = {"epoch": 0, "batch": 0, "step": 0, "best_val_loss": None, "history": []}
+    if resume:
+        saved, progress = checkpoint.load(out / "latest.ckpt")
+        restore_state(state, saved, out / "latest.ckpt")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        data_files = [Path(data_dir) / corpus / f"{split}.{lang}" for split in ("train", "val") for lang in ("de", "en")]
+        bundle.write_static(out, config, src_vocab, tgt_vocab,
+                            {"train": asdict(cfg), "data_dir": str(data_dir), "corpus": corpus}, data_files)
+    if verbose:
+        from mindtrans.params import count_parameters
+
+        print(f"corpus {corpus}: {len(train_pairs)} train / {len(val_pairs)} val pairs, vocab "
+              f"{len(src_vocab)} src / {len(tgt_vocab)} tgt, {steps_per_epoch} batches per epoch "
+              f"({train_batches.padding_ratio(0):.1%} padding), model {count_parameters(model)['total']:,} "
+              f"parameters, {'mixed' if loss_scaler else 'float32'} precision, {cfg.mode} mode")
+
+    def save_latest():
+        checkpoint.atomic_save(state, out / "latest.ckpt", extra=progress)
+
+    started = time.time()
+    stop_reason = None
+    interrupted = False
+    previous_handler = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` saves like Ctrl-C does
+    try:
+        while progress["epoch"] < cfg.epochs and stop_reason is None:
+            epoch = progress["epoch"]
+            plan = train_batches.plan(epoch)
+            loss_sum = tokens_sum = 0.0
+            epoch_start = time.time()
+            bar = tqdm(range(progress["batch"], len(plan)), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                       disable=not verbose, leave=False, mininterval=1.0)
+            for k in bar:
+                src, tgt = train_batches.collate(plan[k])
+                loss, nll_sum, tokens, finite = step_fn(ms.Tensor(src), ms.Tensor(tgt))
+                loss_value = float(loss.asnumpy())
+                if not math.isfinite(loss_value) or (loss_scaler is None and not bool(finite.asnumpy())):
+                    raise NonFiniteLossError(
+                        f"loss became {loss_value} at step {progress['step'] + 1} (epoch {epoch + 1}); the last "
+                        f"good checkpoint {out / 'latest.ckpt'} is untouched. Lower --lr, raise --warmup-steps "
+                        f"or --clip-norm, or turn mixed precision off with --amp off")
+                progress["step"] += 1
+                progress["batch"] = k + 1
+                n = float(tokens.asnumpy())
+                loss_sum += loss_value * n
+                tokens_sum += n
+                elapsed = time.time() - epoch_start
+                bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{learning_rate(progress['step'] - 1, cfg.lr, cfg.warmup_steps, cfg.schedule, total_steps):.2e}",
+                                tok_s=f"{tokens_sum / max(elapsed, 1e-9):.0f}", refresh=False)
+                if cfg.max_steps and progress["step"] >= cfg.max_steps:
+                    stop_reason = f"reached --max-steps {cfg.max_steps}"
+                elif cfg.max_minutes and time.time() - started >= 60 * cfg.max_minutes:
+                    stop_reason = f"reached --max-minutes {cfg.max_minutes}"
+                if stop_reason:
+                    break
+            bar.close()
+            epoch_done = progress["batch"] >= len(plan)
+            val = evaluate_loss(model, val_batches)
+            row = {"epoch": epoch + 1, "step": progress["step"], "train_loss": loss_sum / max(tokens_sum, 1.0),
+                   "val_loss": val["loss"], "val_ppl": val["ppl"],
+                   "lr": learning_rate(max(progress["step"] - 1, 0), cfg.lr, cfg.warmup_steps, cfg.schedule, total_steps),
+                   "tokens_per_s": tokens_sum / max(time.time() - epoch_start, 1e-9),
+                   "epoch_time_s": time.time() - epoch_start, "complete": epoch_done}
+            progress["history"].append(row)
+            if verbose:
+                print(f"epoch {epoch + 1}: train loss {row['train_loss']:.3f}, val loss {val['loss']:.3f}, "
+                      f"val ppl {val['ppl']:.2f}, {row['tokens_per_s']:.0f} tok/s, {row['epoch_time_s']:.0f} s")
+            if progress["best_val_loss"] is None or val["loss"] < progress["best_val_loss"]:
+                progress["best_val_loss"] = val["loss"]
+                checkpoint.atomic_save(model, out / "model.ckpt", extra={"epoch": epoch + 1, "step": progress["step"],
+                                                                         "val_loss": val["loss"]})
+            if epoch_done:
+                progress["epoch"], progress["batch"] = epoch + 1, 0
+            save_latest()
+            write_log(out, progress["history"])
+    except KeyboardInterrupt:
+        interrupted = True
+        save_latest()
+        if verbose:
+            print(f"\ninterrupted at step {progress['step']}: saved {out / 'latest.ckpt'}; continue with --resume")
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+    summary = {"steps": progress["step"], "epochs_completed": progress["epoch"],
+               "best_val_loss": progress["best_val_loss"], "train_time_s": time.time() - started,
+               "stopped": "interrupted" if interrupted else stop_reason or "completed", "device": device}
+    bundle.update_metadata(out, {"training": summary})
+    return summary
