@@ -8,7 +8,7 @@ import math
 import mindspore as ms
 from mindspore import nn, ops
 
-from mindtrans.init import xavier_dense
+from mindtrans.layers import Linear
 
 
 def padding_mask(tokens, pad_id: int):
@@ -33,19 +33,24 @@ def masked_fill_value(dtype):
     return -6.0e4 if dtype == ms.float16 else -1.0e9
 
 
+_QUERY_KEY = ops.BatchMatMul(transpose_b=True)  # Q K^T without materialising K^T
+_WEIGHTS_VALUE = ops.BatchMatMul()
+
+
 def scaled_dot_product_attention(query, key, value, mask=None, dropout=None):
     """softmax(Q K^T / sqrt(d_k)) V.
 
-    query (..., Lq, d_k), key (..., Lk, d_k), value (..., Lk, d_v), mask bool
-    broadcastable to (..., Lq, Lk). Returns output (..., Lq, d_v) and weights (..., Lq, Lk).
+    query (B, H, Lq, d_k), key (B, H, Lk, d_k), value (B, H, Lk, d_v), mask bool
+    broadcastable to (B, H, Lq, Lk). Returns output (B, H, Lq, d_v) and weights (B, H, Lq, Lk).
+    Scaling the queries before the product is the same maths on the smaller tensor.
     """
-    scores = ops.matmul(query, key.swapaxes(-1, -2)) / math.sqrt(query.shape[-1])
+    scores = _QUERY_KEY(query * (1.0 / math.sqrt(query.shape[-1])), key)
     if mask is not None:
         scores = ops.masked_fill(scores, ops.logical_not(mask), masked_fill_value(scores.dtype))
     weights = ops.softmax(scores, axis=-1)
     if dropout is not None:
         weights = dropout(weights)
-    return ops.matmul(weights, value), weights
+    return _WEIGHTS_VALUE(weights, value), weights
 
 
 class MultiHeadAttention(nn.Cell):
@@ -65,15 +70,15 @@ class MultiHeadAttention(nn.Cell):
         self.d_model, self.n_heads, self.d_head = d_model, n_heads, d_model // n_heads
         self.cross, self.fused = cross, fused
         if fused and not cross:
-            self.qkv_proj = xavier_dense(d_model, 3 * d_model)
+            self.qkv_proj = Linear(d_model, 3 * d_model)
         else:
-            self.q_proj = xavier_dense(d_model, d_model)
+            self.q_proj = Linear(d_model, d_model)
             if fused:
-                self.kv_proj = xavier_dense(d_model, 2 * d_model)
+                self.kv_proj = Linear(d_model, 2 * d_model)
             else:
-                self.k_proj = xavier_dense(d_model, d_model)
-                self.v_proj = xavier_dense(d_model, d_model)
-        self.out_proj = xavier_dense(d_model, d_model)
+                self.k_proj = Linear(d_model, d_model)
+                self.v_proj = Linear(d_model, d_model)
+        self.out_proj = Linear(d_model, d_model)
         self.dropout = nn.Dropout(p=dropout) if dropout > 0 else None
 
     def split_heads(self, x):

@@ -20,7 +20,8 @@ class TransformerConfig:
     n_encoder_layers: int = 3
     n_decoder_layers: int = 3
     d_ff: int = 512
-    dropout: float = 0.1
+    dropout: float = 0.1            # on embeddings and every sublayer output, as in the paper
+    attention_dropout: float = 0.0  # on attention weights (not in the paper; some implementations add it)
     max_len: int = 256
     activation: str = "relu"
     norm: str = "layernorm"
@@ -41,8 +42,9 @@ class TransformerConfig:
             fits = [h for h in range(1, min(self.d_model, 64) + 1) if self.d_model % h == 0]
             problems.append(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}: "
                             f"choose n_heads from {fits} or change d_model")
-        if not 0.0 <= self.dropout < 1.0:
-            problems.append(f"dropout must be in [0, 1), got {self.dropout!r}")
+        for name in ("dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                problems.append(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
         if self.activation not in ACTIVATIONS:
             problems.append(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if self.norm not in NORMS:

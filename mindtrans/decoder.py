@@ -12,9 +12,9 @@ class DecoderLayer(nn.Cell):
     def __init__(self, config: TransformerConfig):
         super().__init__()
         c = config
-        self.self_attn = MultiHeadAttention(c.d_model, c.n_heads, c.dropout, fused=c.fused_qkv)
-        self.cross_attn = MultiHeadAttention(c.d_model, c.n_heads, c.dropout, cross=True, fused=c.fused_qkv)
-        self.ffn = FeedForward(c.d_model, c.d_ff, c.dropout, c.activation)
+        self.self_attn = MultiHeadAttention(c.d_model, c.n_heads, c.attention_dropout, fused=c.fused_qkv)
+        self.cross_attn = MultiHeadAttention(c.d_model, c.n_heads, c.attention_dropout, cross=True, fused=c.fused_qkv)
+        self.ffn = FeedForward(c.d_model, c.d_ff, c.activation)
         self.self_residual = Residual(c.d_model, c.dropout, c.norm, c.norm_first, c.norm_eps)
         self.cross_residual = Residual(c.d_model, c.dropout, c.norm, c.norm_first, c.norm_eps)
         self.ffn_residual = Residual(c.d_model, c.dropout, c.norm, c.norm_first, c.norm_eps)

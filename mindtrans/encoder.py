@@ -12,8 +12,8 @@ class EncoderLayer(nn.Cell):
     def __init__(self, config: TransformerConfig):
         super().__init__()
         c = config
-        self.self_attn = MultiHeadAttention(c.d_model, c.n_heads, c.dropout, fused=c.fused_qkv)
-        self.ffn = FeedForward(c.d_model, c.d_ff, c.dropout, c.activation)
+        self.self_attn = MultiHeadAttention(c.d_model, c.n_heads, c.attention_dropout, fused=c.fused_qkv)
+        self.ffn = FeedForward(c.d_model, c.d_ff, c.activation)
         self.attn_residual = Residual(c.d_model, c.dropout, c.norm, c.norm_first, c.norm_eps)
         self.ffn_residual = Residual(c.d_model, c.dropout, c.norm, c.norm_first, c.norm_eps)
 

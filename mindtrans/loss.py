@@ -17,7 +17,7 @@ def label_smoothed_nll(logits, labels, smoothing: float, pad_id: int):
     mask = (labels != pad_id).astype(ms.float32)
     nll_sum = (nll * mask).sum()
     if smoothing > 0:
-        uniform = -logp.mean(axis=-1)
+        uniform = -logp.sum(axis=-1) / logp.shape[-1]  # a mean; ReduceSum is far faster than ReduceMean on CPU
         loss_sum = ((1.0 - smoothing) * nll * mask + smoothing * uniform * mask).sum()
     else:
         loss_sum = nll_sum

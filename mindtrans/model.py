@@ -5,7 +5,7 @@ from mindtrans.attention import padding_mask
 from mindtrans.config import TransformerConfig
 from mindtrans.decoder import Decoder
 from mindtrans.encoder import Encoder
-from mindtrans.init import xavier_dense
+from mindtrans.layers import Linear
 
 
 class Transformer(nn.Cell):
@@ -21,7 +21,7 @@ class Transformer(nn.Cell):
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
         # Tied: the output projection reuses the target embedding table (Press & Wolf, 2017).
-        self.generator = None if config.tie_embeddings else xavier_dense(config.d_model, config.tgt_vocab_size)
+        self.generator = None if config.tie_embeddings else Linear(config.d_model, config.tgt_vocab_size)
 
     def encode(self, src):
         """src (B, Ls) ids -> memory (B, Ls, D), src_mask (B, 1, 1, Ls), per-layer self-attention weights."""

@@ -1,0 +1,55 @@
+"""Helpers shared by the benchmarks: data location, matmul roofline, peak memory."""
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SHARED_MULTI30K = ROOT.parent / "shared" / "data" / "multi30k"
+
+
+def multi30k_dir(data_dir) -> Path:
+    """`data_dir` with Multi30k in it, fetched from the shared local mirror when missing."""
+    from mindtrans.fetch import fetch_multi30k
+
+    mirrors = [str(SHARED_MULTI30K)] if SHARED_MULTI30K.is_dir() else []
+    fetch_multi30k(data_dir, mirrors, log=lambda *a, **k: None)
+    return Path(data_dir)
+
+
+def numpy_sgemm_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """Best-of-`repeats` float32 matrix-multiply rate of NumPy's BLAS (GFLOP/s)."""
+    a = np.random.rand(n, n).astype(np.float32)
+    b = np.random.rand(n, n).astype(np.float32)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best / 1e9
+
+
+def mindspore_sgemm_gflops(m: int = 4096, k: int = 256, n: int = 768, repeats: int = 10) -> float:
+    """MindSpore's float32 MatMul rate on a Transformer-shaped product (GFLOP/s)."""
+    import mindspore as ms
+    from mindspore import ops
+
+    matmul = ops.MatMul(transpose_b=True)
+    a = ms.Tensor(np.random.rand(m, k).astype(np.float32))
+    b = ms.Tensor(np.random.rand(n, k).astype(np.float32))
+    matmul(a, b).asnumpy()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(a, b).asnumpy()
+        best = min(best, time.perf_counter() - start)
+    return 2 * m * k * n / best / 1e9
+
+
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process so far (GB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
