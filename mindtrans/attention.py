@@ -42,7 +42,7 @@ def scaled_dot_product_attention(query, key, value, mask=None, dropout=None):
 
     query (B, H, Lq, d_k), key (B, H, Lk, d_k), value (B, H, Lk, d_v), mask bool
     broadcastable to (B, H, Lq, Lk). Returns output (B, H, Lq, d_v) and weights (B, H, Lq, Lk).
-    Scaling the queries before the product is the same maths on the smaller tensor.
+    The queries are scaled before the product, the same maths as scaling the scores.
     """
     scores = _QUERY_KEY(query * (1.0 / math.sqrt(query.shape[-1])), key)
     if mask is not None:

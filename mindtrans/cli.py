@@ -55,9 +55,9 @@ def train_config_from(args):
 
 
 def cmd_fetch(args):
-    from mindtrans.fetch import fetch_multi30k
+    from mindtrans.fetch import env_mirrors, fetch_multi30k
 
-    path = fetch_multi30k(args.data_dir, args.mirrors, insecure=args.insecure, timeout=args.timeout)
+    path = fetch_multi30k(args.data_dir, args.mirrors + env_mirrors(), insecure=args.insecure, timeout=args.timeout)
     print(f"Multi30k is in {path}")
 
 

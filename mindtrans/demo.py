@@ -1,5 +1,4 @@
 """The main job (`make demo`): fetch, train briefly, evaluate, translate, save a bundle."""
-import os
 import time
 from pathlib import Path
 
@@ -15,11 +14,11 @@ def run_demo(data_dir, out, mirrors=(), minutes: float = 3.0) -> dict:
     """Multi30k if a mirror answers, else the embedded synthetic corpus; says which."""
     from mindtrans.bundle import load_bundle, update_metadata
     from mindtrans.evaluate import evaluate_bundle
-    from mindtrans.fetch import FetchError, fetch_multi30k
+    from mindtrans.fetch import FetchError, env_mirrors, fetch_multi30k
     from mindtrans.train import TrainConfig, train
 
     started = time.time()
-    mirrors = list(mirrors) + [m for m in os.environ.get("MINDTRANS_MIRROR", "").split(os.pathsep) if m]
+    mirrors = list(mirrors) + env_mirrors()
     print("== 1/4 data")
     try:
         fetch_multi30k(data_dir, mirrors, timeout=5.0)

@@ -104,6 +104,11 @@ def gzip_name(name):
     return f"{SPLITS[split].stem}.{lang}.gz"
 
 
+def env_mirrors() -> list:
+    """Mirrors listed in $MINDTRANS_MIRROR (separated like PATH), tried before the built-in ones."""
+    return [m for m in os.environ.get("MINDTRANS_MIRROR", "").split(os.pathsep) if m]
+
+
 def fetch_multi30k(data_dir=DEFAULT_DATA_DIR, mirrors=(), insecure=False, timeout=10.0, log=print):
     """Make sure ``<data_dir>/multi30k`` holds the six verified files; return that directory.
 
@@ -444,7 +449,8 @@ def add_fetch_arguments(parser):
     )  # fmt: skip
     parser.add_argument(
         "--mirror", dest="mirrors", action="append", default=[], metavar="URL_OR_DIR",
-        help="http(s)://, file:// URL or directory to try before the built-in mirrors (repeatable)",
+        help="http(s)://, file:// URL or directory to try before the built-in mirrors (repeatable; "
+             "$MINDTRANS_MIRROR adds more)",
     )  # fmt: skip
     parser.add_argument(
         "--insecure", action="store_true",
@@ -462,7 +468,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="Download the Multi30k de-en corpus (task 1).")
     args = add_fetch_arguments(parser).parse_args(argv)
     try:
-        fetch_multi30k(args.data_dir, args.mirrors, args.insecure, args.timeout)
+        fetch_multi30k(args.data_dir, args.mirrors + env_mirrors(), args.insecure, args.timeout)
     except FetchError as err:
         print(err, file=sys.stderr)
         return 1

@@ -79,7 +79,10 @@ def resolve_corpus(data_dir, corpus: str) -> str:
     """'auto' picks Multi30k when its files are in `data_dir`, else the embedded synthetic corpus."""
     if corpus != "auto":
         return corpus
-    return "multi30k" if (Path(data_dir) / "multi30k" / "train.de").is_file() else "synthetic"
+    from mindtrans.fetch import TEXT_SHA256, multi30k_dir
+
+    complete = all((multi30k_dir(data_dir) / name).is_file() for name in TEXT_SHA256)
+    return "multi30k" if complete else "synthetic"
 
 
 def ensure_corpus(data_dir, corpus: str) -> None:
