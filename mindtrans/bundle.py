@@ -126,5 +126,8 @@ def load_bundle(path, weights: str = "model.ckpt") -> Bundle:
                               f"{tuple(value.shape)}, config.json implies {tuple(param.shape)}")
         param.set_data(value.astype(param.dtype))
     model.set_train(False)
-    metadata = json.loads((path / "metadata.json").read_text()) if (path / "metadata.json").is_file() else {}
+    try:
+        metadata = json.loads((path / "metadata.json").read_text()) if (path / "metadata.json").is_file() else {}
+    except ValueError as err:
+        raise BundleError(f"{path / 'metadata.json'} is not valid JSON: {err}") from err
     return Bundle(path, config, model, src_vocab, tgt_vocab, metadata)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import mindspore as ms
 
+from mindtrans.data import default_file_mode
+
 
 def atomic_save(params, path, extra: dict = None) -> None:
     """Save `params` (a Cell or a list of Parameters) and an optional JSON-able `extra` dict.
@@ -20,6 +22,7 @@ def atomic_save(params, path, extra: dict = None) -> None:
     try:
         append = {"mindtrans_extra": json.dumps(extra)} if extra is not None else None
         ms.save_checkpoint(params, tmp, append_dict=append)
+        os.chmod(tmp, default_file_mode())  # MindSpore writes checkpoints read-only for the owner
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -90,6 +90,13 @@ def detokenize(tokens: list[str]) -> str:
 
 
 # --------------------------------------------------------------------------- files
+def default_file_mode() -> int:
+    """0o666 minus the process umask: the mode a plain open() would give a new file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` via a temporary file and ``os.replace``.
 
@@ -101,6 +108,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
+        os.chmod(tmp, default_file_mode())  # mkstemp makes it private; a bundle is meant to be shared
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

@@ -32,6 +32,13 @@ def default_max_new_tokens(src_len: int, limit: int) -> int:
     return max(1, min(src_len + 50, limit - 1))
 
 
+def _budgets(src: np.ndarray, max_new_tokens, limit: int) -> np.ndarray:
+    """Output tokens allowed per sentence, from its own unpadded length: not from the batch it is in."""
+    if max_new_tokens:
+        return np.full(src.shape[0], max_new_tokens)
+    return np.array([default_max_new_tokens(int(n), limit) for n in (src != PAD).sum(axis=1)])
+
+
 def greedy_decode(model, src: np.ndarray, max_new_tokens: int = None, return_attention: bool = False):
     """Most probable next token at each step, for a batch of padded sources src (B, Ls).
 
@@ -40,12 +47,13 @@ def greedy_decode(model, src: np.ndarray, max_new_tokens: int = None, return_att
     heads; one row per output token and one for <eos>).
     """
     memory, src_mask, _ = model.encode(ms.Tensor(src))
-    steps = max_new_tokens or default_max_new_tokens(src.shape[1], model.config.max_len)
+    limits = _budgets(src, max_new_tokens, model.config.max_len)
+    steps = int(limits.max())
     batch = src.shape[0]
     tokens = np.full((batch, 1), BOS, dtype=np.int32)
     outputs = np.full((batch, steps), PAD, dtype=np.int32)
     attention = np.zeros((batch, steps, src.shape[1]), dtype=np.float32)
-    lengths = np.full(batch, steps)
+    lengths = limits.copy()
     finished = np.zeros(batch, dtype=bool)
     cache = None
     for t in range(steps):
@@ -56,13 +64,13 @@ def greedy_decode(model, src: np.ndarray, max_new_tokens: int = None, return_att
         attention[:, t] = weights
         ended = ~finished & (next_tokens == EOS)
         lengths[ended] = t
-        finished |= ended
+        finished |= ended | (t + 1 >= limits)
         if finished.all():
             break
         tokens = next_tokens[:, None]
     hyps = [outputs[i, :lengths[i]].tolist() for i in range(batch)]
     if return_attention:
-        return hyps, [attention[i, :min(lengths[i] + 1, steps)] for i in range(batch)]  # <eos> step included
+        return hyps, [attention[i, :min(lengths[i] + 1, limits[i])] for i in range(batch)]  # <eos> step included
     return hyps
 
 
@@ -76,8 +84,9 @@ def beam_search(model, src: np.ndarray, beam_size: int = 4, alpha: float = 0.6, 
     """Keep the `beam_size` best partial translations per sentence; return the best finished one.
 
     Scores are summed log-probabilities. A sentence is done once `beam_size` hypotheses
-    have ended with <eos>; they are ranked by score / `length_penalty`. With beam size 1
-    this is exactly greedy decoding. Same return values as `greedy_decode`.
+    have ended with <eos> and the best of them (ranked by score / `length_penalty`) beats
+    every live one at its current length. With beam size 1 this is exactly greedy
+    decoding. Same return values as `greedy_decode`.
     """
     if beam_size < 1:
         raise ValueError(f"beam_size must be at least 1, got {beam_size}")
@@ -86,12 +95,15 @@ def beam_search(model, src: np.ndarray, beam_size: int = 4, alpha: float = 0.6, 
     memory, src_mask, _ = model.encode(ms.Tensor(src))
     rows = ms.Tensor(np.repeat(np.arange(batch), k).astype(np.int32))  # beam b of sentence i is row i*k + b
     memory, src_mask = ops.gather(memory, rows, 0), ops.gather(src_mask, rows, 0)
-    steps = max_new_tokens or default_max_new_tokens(src_len, model.config.max_len)
+    limits = _budgets(src, max_new_tokens, model.config.max_len)
+    steps = int(limits.max())
     scores = np.full((batch, k), -np.inf)
     scores[:, 0] = 0.0  # every beam starts as the same <bos>: keep one alive at first
     history = np.zeros((batch, k, 0), dtype=np.int32)
     attn_history = np.zeros((batch, k, 0, src_len), dtype=np.float32)
     finished = [[] for _ in range(batch)]  # (normalised score, tokens, attention) per ended hypothesis
+    done = np.zeros(batch, dtype=bool)
+    capped = [[] for _ in range(batch)]  # the live hypotheses of a sentence that ran out of budget
     tokens = np.full((batch * k, 1), BOS, dtype=np.int32)
     cache = None
     for t in range(steps):
@@ -105,7 +117,7 @@ def beam_search(model, src: np.ndarray, beam_size: int = 4, alpha: float = 0.6, 
         for i in range(batch):
             alive = 0
             for flat in top[i]:
-                if len(finished[i]) >= k or alive == k or not np.isfinite(candidates[i, flat]):
+                if done[i] or alive == k or not np.isfinite(candidates[i, flat]):
                     break
                 beam, token = divmod(int(flat), vocab)
                 if token == EOS:
@@ -115,7 +127,9 @@ def beam_search(model, src: np.ndarray, beam_size: int = 4, alpha: float = 0.6, 
                 else:
                     scores[i, alive], parents[i, alive], next_tokens[i, alive] = candidates[i, flat], beam, token
                     alive += 1
-            if len(finished[i]) >= k:
+            best_live = scores[i].max() / length_penalty(t + 1, alpha)  # the live beams, normalised alike
+            if len(finished[i]) >= k and max(f[0] for f in finished[i]) >= best_live:
+                done[i] = True
                 scores[i] = -np.inf  # done: no live beams left
         if not np.isfinite(scores).any():
             break
@@ -125,10 +139,13 @@ def beam_search(model, src: np.ndarray, beam_size: int = 4, alpha: float = 0.6, 
                                        weights[rows_kept].reshape(batch, k, 1, src_len)], axis=2)
         cache = _select(cache, rows_kept)
         tokens = next_tokens.reshape(-1, 1)
+        for i in np.flatnonzero(~done & (t + 1 >= limits)):  # out of budget: its live beams are final
+            capped[i] = [(scores[i, b] / length_penalty(t + 1, alpha), history[i, b].tolist(), attn_history[i, b])
+                         for b in range(k) if np.isfinite(scores[i, b])]
+            done[i], scores[i] = True, -np.inf
     hyps, attns = [], []
     for i in range(batch):
-        pool = finished[i] or [(scores[i, b] / length_penalty(history.shape[2], alpha), history[i, b].tolist(),
-                                attn_history[i, b]) for b in range(k) if np.isfinite(scores[i, b])]
+        pool = finished[i] or capped[i]
         _, best_tokens, best_attention = max(pool, key=lambda hyp: hyp[0])
         hyps.append(best_tokens)
         attns.append(best_attention)

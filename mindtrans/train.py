@@ -9,6 +9,7 @@ import csv
 import json
 import math
 import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -208,6 +209,25 @@ def write_log(run_dir: Path, history: list) -> None:
 
 
 # --------------------------------------------------------------------------- the loop
+class StopSignals:
+    """Ctrl-C (SIGINT) and `kill` (SIGTERM) become a request that the loop honours between
+    steps, so a step is never half-done or half-counted when the resumable state is saved."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._request)
+
+    def _request(self, signum, frame):
+        self.requested = True
+
+    def restore(self):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
 RESUME_OVERRIDES = ("epochs", "max_steps", "max_minutes")
 
 
@@ -282,8 +302,7 @@ def train(data_dir, out, cfg: TrainConfig = None, resume: bool = False, verbose:
     if cfg.max_steps and progress["step"] >= cfg.max_steps:  # a resumed run that has no steps left
         stop_reason = f"reached --max-steps {cfg.max_steps}"
     interrupted = False
-    previous_handler = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` saves like Ctrl-C does
+    signals = StopSignals()
     try:
         while progress["epoch"] < cfg.epochs and stop_reason is None:
             epoch = progress["epoch"]
@@ -309,6 +328,8 @@ def train(data_dir, out, cfg: TrainConfig = None, resume: bool = False, verbose:
                 elapsed = time.time() - epoch_start
                 bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{learning_rate(progress['step'] - 1, cfg.lr, cfg.warmup_steps, cfg.schedule, total_steps):.2e}",
                                 tok_s=f"{tokens_sum / max(elapsed, 1e-9):.0f}", refresh=False)
+                if signals.requested:
+                    raise KeyboardInterrupt
                 if cfg.max_steps and progress["step"] >= cfg.max_steps:
                     stop_reason = f"reached --max-steps {cfg.max_steps}"
                 elif cfg.max_minutes and time.time() - started >= 60 * cfg.max_minutes:
@@ -341,7 +362,7 @@ def train(data_dir, out, cfg: TrainConfig = None, resume: bool = False, verbose:
         if verbose:
             print(f"\ninterrupted at step {progress['step']}: saved {out / 'latest.ckpt'}; continue with --resume")
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+        signals.restore()
     summary = {"steps": progress["step"], "epochs_completed": progress["epoch"],
                "best_val_loss": progress["best_val_loss"], "train_time_s": time.time() - started,
                "stopped": "interrupted" if interrupted else stop_reason or "completed", "device": device}
