@@ -3,6 +3,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+BROWSER_STAMP := $(VENV)/.browser-deps
+LAB_PORT ?= 8888
 # The lessons fetch Multi30k from this local copy first when it exists (absolute: they
 # run from notebooks/). Set it yourself to a directory of files copied by hand.
 MINDTRANS_MIRROR ?= $(abspath $(wildcard ../shared/data/multi30k))
@@ -22,16 +24,32 @@ demo: $(STAMP)
 
 # Lessons run in fast mode, each from notebooks/ as its working directory; nbval-lax
 # compares only the cells marked `# NBVAL_CHECK_OUTPUT` (after notebooks/nbval_sanitize.cfg).
-test: $(STAMP)
-	$(PY) -m pytest tests
+# Then tests/browser opens each lesson in JupyterLab in headless Chromium, runs all cells
+# (fast mode too: the kernels inherit it from the server) and saves screenshots to
+# artifacts/screenshots/. It needs Debian's chromium and Playwright, installed once
+# (scripts/install_browser_deps.sh); where they cannot be, it is reported as skipped.
+test: $(STAMP) $(BROWSER_STAMP)
+	$(PY) -m pytest tests --ignore=tests/browser
 	MINDTRANS_FAST=1 $(PY) -m pytest --nbval-lax --nbval-current-env \
 		--nbval-sanitize-with notebooks/nbval_sanitize.cfg --nbval-cell-timeout 600 notebooks
+	MINDTRANS_FAST=1 $(PY) -m pytest tests/browser
 
+# No stamp when the install fails, so the next `make test` tries again.
+$(BROWSER_STAMP): scripts/install_browser_deps.sh $(STAMP)
+	scripts/install_browser_deps.sh $(PY) && touch $@ || \
+		echo "Browser test dependencies missing (see above): tests/browser will be reported as skipped"
+
+# JupyterLab listens on 127.0.0.1 only, with a fresh token (passed in the environment, not
+# on the command line); port_retries=0 keeps it on LAB_PORT, so the printed URL is right.
 lab: $(STAMP)
 	$(PY) -m ipykernel install --user --name mindtrans --display-name "Python 3 (mindtrans)"
-	@echo "Kernel 'Python 3 (mindtrans)' registered. Open the http://127.0.0.1:8888/lab?token=... URL"
-	@echo "printed below in a browser; on a remote machine first run: ssh -L 8888:127.0.0.1:8888 <host>"
-	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --notebook-dir=notebooks
+	@token=$$($(PY) -c 'import secrets; print(secrets.token_hex(24))'); \
+	echo; echo "Kernel 'Python 3 (mindtrans)' registered. Open this URL in a browser:"; \
+	echo; echo "    http://127.0.0.1:$(LAB_PORT)/lab?token=$$token"; echo; \
+	echo "On a remote machine first run: ssh -L $(LAB_PORT):127.0.0.1:$(LAB_PORT) <host>"; \
+	echo "Port taken? make lab LAB_PORT=8890. Stop with Ctrl-C twice."; echo; \
+	JUPYTER_TOKEN=$$token exec $(VENV)/bin/jupyter lab --ip=127.0.0.1 --port=$(LAB_PORT) \
+		--ServerApp.port_retries=0 --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_train.py

@@ -22,3 +22,9 @@ def tiny_config():
     from mindtrans.config import TransformerConfig
 
     return TransformerConfig.preset("tiny", src_vocab_size=40, tgt_vocab_size=50, max_len=32)
+
+
+@pytest.fixture(autouse=True)
+def no_mirror_from_the_environment(monkeypatch):
+    """`make test` exports MINDTRANS_MIRROR for the lessons; unit tests choose their own mirrors."""
+    monkeypatch.delenv("MINDTRANS_MIRROR", raising=False)
