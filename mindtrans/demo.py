@@ -30,7 +30,9 @@ def run_demo(data_dir, out, mirrors=(), minutes: float = 3.0) -> dict:
         print(f"Multi30k is not reachable ({first_line}); using the embedded synthetic corpus instead "
               f"(generated German-English captions, see mindtrans/corpus.py)")
     print(f"== 2/4 training the 'small' preset for at most {minutes:g} minutes")
-    cfg = TrainConfig(preset="small", corpus=corpus, epochs=100, max_minutes=minutes, warmup_steps=200)
+    # Short sentences and a few minutes: smaller batches give more updates, a short warm-up uses them.
+    cfg = TrainConfig(preset="small", corpus=corpus, epochs=100, max_minutes=minutes, batch_tokens=2048,
+                      warmup_steps=60)
     summary = train(data_dir, out, cfg)
     print("== 3/4 evaluating on the whole test split")
     bundle = load_bundle(out)
