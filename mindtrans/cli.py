@@ -29,6 +29,9 @@ def add_train_arguments(parser):
                         help="stop after M minutes of training (0: no limit)")
     parser.add_argument("--batch-tokens", type=int, default=d.batch_tokens,
                         help="padded tokens per side in a batch (default: %(default)s)")
+    parser.add_argument("--accum-steps", type=int, default=d.accum_steps,
+                        help="batches per optimizer step (gradient accumulation), on each worker: the global batch "
+                             "is batch-tokens x accum-steps x workers (default: %(default)s)")
     parser.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (default: %(default)s)")
     parser.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="default: %(default)s")
     parser.add_argument("--schedule", default=d.schedule, choices=SCHEDULES, help="decay after warm-up")
@@ -48,7 +51,8 @@ def train_config_from(args):
     from mindtrans.train import TrainConfig
 
     return TrainConfig(preset=args.preset, corpus=args.corpus, epochs=args.epochs, max_steps=args.max_steps,
-                       max_minutes=args.max_minutes, batch_tokens=args.batch_tokens, lr=args.lr,
+                       max_minutes=args.max_minutes, batch_tokens=args.batch_tokens, accum_steps=args.accum_steps,
+                       lr=args.lr,
                        warmup_steps=args.warmup_steps, schedule=args.schedule, label_smoothing=args.label_smoothing,
                        clip_norm=args.clip_norm, dropout=args.dropout, seed=args.seed, amp=args.amp, mode=args.mode,
                        max_len=args.max_len, min_freq=args.min_freq)
@@ -62,12 +66,16 @@ def cmd_fetch(args):
 
 
 def cmd_train(args):
+    from mindtrans import distributed
     from mindtrans.train import train
 
     summary = train(args.data_dir, args.out, train_config_from(args), resume=args.resume)
-    print(json.dumps(summary, indent=1))
+    if distributed.is_main():  # under msrun: once, from rank 0
+        print(json.dumps(summary, indent=1))
     if summary["stopped"] == "interrupted":
-        return 130
+        # Under msrun a stop that was asked for and saved is no failure: every worker exits 0, so that
+        # msrun ends the job cleanly instead of killing the others as if a worker had died.
+        return 130 if distributed.world_size() == 1 else 0
 
 
 def cmd_evaluate(args):
@@ -127,7 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_fetch_arguments(p)
     p.set_defaults(func=cmd_fetch)
 
-    p = sub.add_parser("train", help="train a translator and write a model bundle")
+    p = sub.add_parser("train", help="train a translator and write a model bundle",
+                       description="Train a translator and write a model bundle. Started by msrun, MindSpore's "
+                                   "launcher, it trains data-parallel on several devices or machines, e.g. `msrun "
+                                   "--worker_num=8 --local_worker_num=8 --join=True python -m mindtrans train ...` "
+                                   "(see the README).")
     add_data_dir(p)
     p.add_argument("--out", required=True, help="run directory: checkpoints, logs and the model bundle")
     p.add_argument("--resume", action="store_true", help="continue from OUT/latest.ckpt")
@@ -177,8 +189,11 @@ def main(argv=None) -> int:
     try:
         return args.func(args) or 0
     except (FetchError, BundleError, FileNotFoundError, ValueError, RuntimeError) as err:
+        from mindtrans import distributed
+
         message = str(err).strip()
-        print(f"mindtrans {args.command}: error: {message}", file=sys.stderr)
+        where = f" ({distributed.describe()})" if distributed.describe() else ""  # which msrun worker
+        print(f"mindtrans {args.command}{where}: error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -1,13 +1,20 @@
 """Training: data, model, compiled train step, schedule, checkpoints, resume.
 
-Read top to bottom: `TrainConfig` holds the knobs, `prepare_data` turns text into
+Read top to bottom: `TrainConfig` holds the knobs, `make_batcher` turns text into
 batches, `make_train_step` compiles forward + loss + gradients + update into one
 graph, and `train` runs epochs, validates, and keeps the best and the latest
 checkpoints in the run directory (which is also the model bundle, see `bundle`).
+
+One optimizer step may see more than one batch: `accum_steps` batches in a row
+(gradient accumulation), on each of the workers of an msrun job (data parallelism, see
+`mindtrans.distributed`). `make_global_batch_step` handles both; the loss is always
+divided by the number of target tokens in the whole global batch, so that W workers
+take the same steps as one process with `accum_steps=W`.
 """
 import csv
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -19,7 +26,7 @@ import numpy as np
 from mindspore import amp, nn, ops
 from tqdm.auto import tqdm
 
-from mindtrans import bundle, checkpoint
+from mindtrans import bundle, checkpoint, distributed
 from mindtrans.config import TransformerConfig
 from mindtrans.data import PAD, BucketBatcher, Vocab, encode_pairs, load_split, tokenize
 from mindtrans.device import select_device
@@ -37,6 +44,7 @@ class TrainConfig:
     max_steps: int = 0          # stop after this many optimizer steps in total (0: no limit)
     max_minutes: float = 0.0    # stop after this much training time in this process (0: no limit)
     batch_tokens: int = 4096    # padded positions per side in one batch
+    accum_steps: int = 1        # batches per optimizer step and worker (gradient accumulation)
     lr: float = 1e-3            # peak learning rate, reached at the end of warm-up
     warmup_steps: int = 400
     schedule: str = "inverse_sqrt"
@@ -59,7 +67,7 @@ class TrainConfig:
             raise ValueError(f"mode must be 'graph' or 'pynative', got {self.mode!r}")
         if self.corpus not in ("auto", "multi30k", "synthetic"):
             raise ValueError(f"corpus must be 'auto', 'multi30k' or 'synthetic', got {self.corpus!r}")
-        for name in ("epochs", "batch_tokens", "max_len", "min_freq"):
+        for name in ("epochs", "batch_tokens", "accum_steps", "max_len", "min_freq"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.clip_norm <= 0 or not 0 <= self.label_smoothing < 1:
@@ -87,8 +95,14 @@ def resolve_corpus(data_dir, corpus: str) -> str:
 
 
 def ensure_corpus(data_dir, corpus: str) -> None:
-    """Write the synthetic corpus on first use; Multi30k must be fetched (`mindtrans fetch`)."""
-    if corpus == "synthetic" and not (Path(data_dir) / "synthetic" / "train.de").is_file():
+    """Write the synthetic corpus on first use; Multi30k must be fetched (`mindtrans fetch`).
+
+    Every file training reads is checked, not just the first: the workers of an msrun job
+    may get here at the same time, and each file is written atomically, with the same text.
+    """
+    root = Path(data_dir) / "synthetic"
+    needed = [root / f"{split}.{lang}" for split in ("train", "val") for lang in ("de", "en")]
+    if corpus == "synthetic" and not all(path.is_file() for path in needed):
         from mindtrans.corpus import write_synthetic
 
         write_synthetic(data_dir)
@@ -149,6 +163,125 @@ def make_train_step(model, optimizer, cfg: TrainConfig, loss_scaler=None):
     # A graph per bucket shape runs about as fast, but each costs ~15 s and ~2 GB to compile.
     any_shape = ms.Tensor(shape=[None, None], dtype=ms.int32)
     return ms.jit(ms.enable_dynamic(src=any_shape, tgt=any_shape)(step))
+
+
+def target_tokens(tgt: np.ndarray) -> int:
+    """Real (non-pad) tokens the loss sees in a batch: the targets after <bos>."""
+    return int(np.count_nonzero(tgt[:, 1:] != PAD))
+
+
+def make_global_batch_step(model, optimizer, cfg: TrainConfig, loss_scaler=None, world_size: int = 1):
+    """One optimizer step over a global batch: `cfg.accum_steps` batches on each of `world_size` workers.
+
+    Returns `step(batches, flags) -> (loss, nll_sum, tokens, finite, flags)`: `batches` is
+    this worker's list of (src, tgt) NumPy arrays, `flags` a few numbers (stop requests);
+    the results are Python values summed over the whole global batch, so every worker
+    gets the same ones: mean smoothed loss per token, NLL sum, target tokens, whether the
+    update was made (gradients finite), and the flags summed over the workers.
+
+    Each batch's summed loss is divided by the target tokens of the whole global batch
+    (the workers' counts are all-reduced first), the gradients are accumulated over the
+    batches and summed over the workers (`nn.DistributedGradReducer`, mean=False), then
+    clipped and applied once. That is exactly the step one process makes on all those
+    batches at once, whichever way they are split between workers and accumulation.
+    With `accum_steps=1` one compiled graph does it all; with more, one graph per batch
+    adds the gradients into accumulators (extra memory: one copy of the weights) and a
+    second graph makes the update.
+    """
+    params = optimizer.parameters
+    distributed_run = world_size > 1
+    if distributed_run:
+        reducer = nn.DistributedGradReducer(params, mean=False, degree=world_size)
+        all_reduce = ops.AllReduce()  # sum over the workers
+
+    def forward(src, tgt, denominator):
+        logits = model(src, tgt[:, :-1])
+        loss_sum, nll_sum, tokens = label_smoothed_nll(logits, tgt[:, 1:], cfg.label_smoothing, PAD)
+        loss = loss_sum / denominator
+        if loss_scaler is not None:
+            loss = loss_scaler.scale(loss)
+        return loss, loss_sum, nll_sum, tokens
+
+    grad_fn = ms.value_and_grad(forward, None, params, has_aux=True)
+
+    def global_count(local_tokens):
+        return all_reduce(local_tokens) if distributed_run else local_tokens
+
+    def update(grads, stats):
+        """stats: this worker's [loss sum, NLL sum, tokens, flags...] -> (summed over workers, finite)."""
+        if distributed_run:
+            grads = reducer(grads)
+            stats = all_reduce(stats)
+        if loss_scaler is not None:
+            grads = loss_scaler.unscale(grads)
+        finite = amp.all_finite(grads)
+        if loss_scaler is not None:
+            loss_scaler.adjust(finite)
+        if finite:
+            optimizer(ops.clip_by_global_norm(grads, cfg.clip_norm))
+        return stats, finite
+
+    def whole_step(src, tgt, local_tokens, flags):
+        (_, loss_sum, nll_sum, tokens), grads = grad_fn(src, tgt, global_count(local_tokens))
+        return update(grads, ops.concat((ops.stack([loss_sum, nll_sum, tokens]), flags)))
+
+    accumulated = accumulated_stats = None
+    if cfg.accum_steps > 1:  # gradient sums over the batches of a step, and [loss sum, NLL sum, tokens]
+        accumulated = ms.ParameterTuple(
+            ms.Parameter(ops.zeros(p.shape, p.dtype), name=f"accumulated.{p.name}", requires_grad=False)
+            for p in params)
+        accumulated_stats = ms.Parameter(ops.zeros(3, ms.float32), name="accumulated.stats", requires_grad=False)
+
+    def accumulate(src, tgt, local_tokens):
+        (_, loss_sum, nll_sum, tokens), grads = grad_fn(src, tgt, global_count(local_tokens))
+        for total, grad in zip(accumulated, grads):
+            ops.assign_add(total, grad)
+        ops.assign_add(accumulated_stats, ops.stack([loss_sum, nll_sum, tokens]))
+        return tokens
+
+    def accumulated_update(flags):
+        result = update(tuple(accumulated), ops.concat((accumulated_stats.value(), flags)))
+        for total in accumulated:
+            ops.assign(total, ops.zeros_like(total))
+        ops.assign(accumulated_stats, ops.zeros_like(accumulated_stats))
+        return result
+
+    if cfg.mode == "graph":
+        any_shape = ms.Tensor(shape=[None, None], dtype=ms.int32)
+        whole_step = ms.jit(ms.enable_dynamic(src=any_shape, tgt=any_shape)(whole_step))
+        accumulate = ms.jit(ms.enable_dynamic(src=any_shape, tgt=any_shape)(accumulate))
+        accumulated_update = ms.jit(accumulated_update)
+
+    def step(batches, flags):
+        local_tokens = ms.Tensor(float(sum(target_tokens(tgt) for _, tgt in batches)), ms.float32)
+        flags = ms.Tensor(np.asarray(flags, np.float32).reshape(-1))
+        if accumulated is None:
+            (src, tgt), = batches
+            stats, finite = whole_step(ms.Tensor(src), ms.Tensor(tgt), local_tokens, flags)
+        else:
+            for src, tgt in batches:
+                accumulate(ms.Tensor(src), ms.Tensor(tgt), local_tokens)
+            stats, finite = accumulated_update(flags)
+        stats = stats.asnumpy().astype(np.float64)
+        return (float(stats[0] / max(stats[2], 1.0)), float(stats[1]), float(stats[2]), bool(finite.asnumpy()),
+                stats[3:])
+
+    return step
+
+
+def epoch_batches(batcher, epoch: int, start: int, world_size: int):
+    """This worker's (src, tgt) NumPy batches of `epoch`, from batch `start` of its shard on.
+
+    A single process collates the planned batches itself, one at a time as they are
+    asked for; the workers of a distributed job read their shards through
+    `mindspore.dataset` (`BucketBatcher.dataset`, which prepares the next batches ahead).
+    """
+    if world_size == 1:
+        plan = batcher.plan(epoch)
+        return (batcher.collate(plan[k]) for k in range(start, len(plan)))
+    if start >= len(batcher):  # stopped after the epoch's last step, before its end was recorded
+        return iter(())
+    return batcher.dataset(epoch, skip_batches=start).create_tuple_iterator(output_numpy=True, num_epochs=1)
 
 
 def evaluate_loss(model, batcher) -> dict:
@@ -231,18 +364,45 @@ class StopSignals:
 RESUME_OVERRIDES = ("epochs", "max_steps", "max_minutes")
 
 
+def remove_stale_temporaries(out: Path) -> list:
+    """Delete the temporary files an interrupted save left behind (a process killed while
+    writing, e.g. by msrun when another worker died); the real files are never touched."""
+    from mindtrans.bundle import REQUIRED
+
+    names = set(REQUIRED) | {"latest.ckpt", "metadata.json", "train_config.json", "log.json", "log.csv"}
+    patterns = {f".{Path(name).stem}.*.tmp.ckpt" for name in names if name.endswith(".ckpt")}
+    patterns |= {f".{name}.*.tmp" for name in names}
+    removed = sorted({path for pattern in patterns for path in out.glob(pattern) if path.is_file()})
+    for path in removed:
+        path.unlink()
+    return removed
+
+
 def train(data_dir, out, cfg: TrainConfig = None, resume: bool = False, verbose: bool = True) -> dict:
     """Train a translator on `data_dir` and write a model bundle to the run directory `out`.
 
     Returns the final summary (also in out/metadata.json). `resume=True` continues from
     out/latest.ckpt with the configuration saved in `out`; of `cfg` only the stopping
     limits (`RESUME_OVERRIDES`) are taken, so a stopped run can be given more time.
+
+    Started by msrun, every worker runs this function: each trains on its shard of every
+    epoch, all take the same optimizer steps (`make_global_batch_step`) and the same
+    decisions, and only rank 0 writes to `out` and prints.
     """
     out = Path(out)
+    if distributed.is_scheduler():  # msrun's scheduler runs this command line too: it only serves the cluster
+        distributed.run_scheduler(out)
     device = select_device(verbose=verbose)
+    rank, world = distributed.init_distributed()
+    main = rank == 0
+    if verbose and world > 1:  # every worker: msrun names a failed worker by its process id
+        print(f"mindtrans: worker rank {rank} of {world}, process id {os.getpid()}", flush=True)
+    verbose = verbose and main
     if resume:
         if not (out / "latest.ckpt").is_file():
-            raise FileNotFoundError(f"nothing to resume: {out / 'latest.ckpt'} does not exist")
+            where = "" if world == 1 else (f" (on {distributed.describe()}: with several machines, every one needs "
+                                           f"the run directory at the same path, on shared storage or copied)")
+            raise FileNotFoundError(f"nothing to resume: {out / 'latest.ckpt'} does not exist{where}")
         saved_cfg = json.loads((out / "train_config.json").read_text())["train"]
         if cfg is not None:
             saved_cfg.update({name: getattr(cfg, name) for name in RESUME_OVERRIDES})
@@ -260,13 +420,19 @@ def train(data_dir, out, cfg: TrainConfig = None, resume: bool = False, verbose:
         overrides = {"dropout": cfg.dropout} if cfg.dropout >= 0 else {}
         config = TransformerConfig.preset(cfg.preset, **overrides).with_vocab(len(src_vocab), len(tgt_vocab))
         config = TransformerConfig.from_dict({**config.to_dict(), "max_len": max(config.max_len, cfg.max_len)})
-    train_batches = make_batcher(train_pairs, src_vocab, tgt_vocab, cfg, shuffle=True)
+    # Worker r of W takes batches r, r+W, r+2W, ... of each epoch's plan (the same plan everywhere).
+    train_batches = make_batcher(train_pairs, src_vocab, tgt_vocab, cfg, shuffle=True, num_shards=world,
+                                 shard_id=rank)
     val_batches = make_batcher(val_pairs, src_vocab, tgt_vocab, cfg, shuffle=False)
+    batches_per_epoch = len(train_batches)  # in this worker's shard; the same in every shard
+    if batches_per_epoch == 0:
+        raise ValueError(f"{len(train_pairs)} training pairs make fewer batches than there are workers ({world}); "
+                         f"use fewer workers or a smaller --batch-tokens")
 
-    ms.set_seed(cfg.seed)
+    ms.set_seed(cfg.seed)  # the same seed on every worker: the same initial weights
     model = Transformer(config)
     model.set_train(True)
-    steps_per_epoch = len(train_batches)
+    steps_per_epoch = math.ceil(batches_per_epoch / cfg.accum_steps)  # optimizer steps, the same on every worker
     total_steps = steps_per_epoch * cfg.epochs if not cfg.max_steps else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
     schedule = WarmupSchedule(cfg.lr, cfg.warmup_steps, cfg.schedule, total_steps)
     optimizer = nn.Adam(model.trainable_params(), learning_rate=schedule, beta1=0.9, beta2=0.98, eps=1e-9)
@@ -274,28 +440,49 @@ def train(data_dir, out, cfg: TrainConfig = None, resume: bool = False, verbose:
     if use_amp(cfg, device):
         model = amp.auto_mixed_precision(model, "O2")
         loss_scaler = amp.DynamicLossScaler(scale_value=2.0 ** 16, scale_factor=2, scale_window=1000)
-    step_fn = make_train_step(model, optimizer, cfg, loss_scaler)
+    one_batch_per_step = cfg.accum_steps == 1 and world == 1
+    if one_batch_per_step:  # the plain single-device step: nothing extra in the compiled graph
+        step_fn = make_train_step(model, optimizer, cfg, loss_scaler)
+    else:
+        step_fn = make_global_batch_step(model, optimizer, cfg, loss_scaler, world)
     state = training_state(model, optimizer, loss_scaler)
 
-    progress = {"epoch": 0, "batch": 0, "step": 0, "best_val_loss": None, "history": []}
+    progress = {"epoch": 0, "batch": 0, "step": 0, "best_val_loss": None, "history": [], "workers": world}
     if resume:
         saved, progress = checkpoint.load(out / "latest.ckpt")
+        saved_world = progress.get("workers", 1)
+        if progress["batch"] and saved_world != world:
+            raise ValueError(f"{out / 'latest.ckpt'} was saved mid-epoch by a run with {saved_world} worker(s); "
+                             f"resume it with {saved_world} (msrun --worker_num={saved_world}"
+                             f"{'' if saved_world > 1 else ', or without msrun'}): batch positions are per worker")
+        progress["workers"] = world
         restore_state(state, saved, out / "latest.ckpt")
-    else:
+    if main:
         out.mkdir(parents=True, exist_ok=True)
-        data_files = [Path(data_dir) / corpus / f"{split}.{lang}" for split in ("train", "val") for lang in ("de", "en")]
-        bundle.write_static(out, config, src_vocab, tgt_vocab,
-                            {"train": asdict(cfg), "data_dir": str(data_dir), "corpus": corpus}, data_files)
+        removed = remove_stale_temporaries(out)
+        if removed and verbose:
+            print(f"removed {len(removed)} temporary file(s) an interrupted save left in {out}")
+        if not resume:
+            data_files = [Path(data_dir) / corpus / f"{split}.{lang}" for split in ("train", "val")
+                          for lang in ("de", "en")]
+            bundle.write_static(out, config, src_vocab, tgt_vocab,
+                                {"train": asdict(cfg), "data_dir": str(data_dir), "corpus": corpus}, data_files)
     if verbose:
         from mindtrans.params import count_parameters
 
+        if one_batch_per_step:
+            batching = f"{steps_per_epoch} batches per epoch"
+        else:
+            batching = (f"{batches_per_epoch} batches per epoch and worker, {world} worker(s) x {cfg.accum_steps} "
+                        f"batch(es) per step: {steps_per_epoch} steps per epoch")
         print(f"corpus {corpus}: {len(train_pairs)} train / {len(val_pairs)} val pairs, vocab "
-              f"{len(src_vocab)} src / {len(tgt_vocab)} tgt, {steps_per_epoch} batches per epoch "
+              f"{len(src_vocab)} src / {len(tgt_vocab)} tgt, {batching} "
               f"({train_batches.padding_ratio(0):.1%} padding), model {count_parameters(model)['total']:,} "
               f"parameters, {'mixed' if loss_scaler else 'float32'} precision, {cfg.mode} mode")
 
     def save_latest():
-        checkpoint.atomic_save(state, out / "latest.ckpt", extra=progress)
+        if main:
+            checkpoint.atomic_save(state, out / "latest.ckpt", extra=progress)
 
     started = time.time()
     stop_reason = None
@@ -306,39 +493,60 @@ def train(data_dir, out, cfg: TrainConfig = None, resume: bool = False, verbose:
     try:
         while progress["epoch"] < cfg.epochs and stop_reason is None:
             epoch = progress["epoch"]
-            plan = train_batches.plan(epoch)
             loss_sum = tokens_sum = 0.0
             epoch_start = time.time()
-            bar = tqdm(range(progress["batch"], len(plan)), desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                       disable=not verbose, leave=False, mininterval=1.0)
-            for k in bar:
-                src, tgt = train_batches.collate(plan[k])
-                loss, nll_sum, tokens, finite = step_fn(ms.Tensor(src), ms.Tensor(tgt))
-                loss_value = float(loss.asnumpy())
-                if not math.isfinite(loss_value) or (loss_scaler is None and not bool(finite.asnumpy())):
-                    raise NonFiniteLossError(
-                        f"loss became {loss_value} at step {progress['step'] + 1} (epoch {epoch + 1}); the last "
-                        f"good checkpoint {out / 'latest.ckpt'} is untouched. Lower --lr, raise --warmup-steps "
-                        f"or --clip-norm, or turn mixed precision off with --amp off")
-                progress["step"] += 1
-                progress["batch"] = k + 1
-                n = float(tokens.asnumpy())
-                loss_sum += loss_value * n
-                tokens_sum += n
-                elapsed = time.time() - epoch_start
-                bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{learning_rate(progress['step'] - 1, cfg.lr, cfg.warmup_steps, cfg.schedule, total_steps):.2e}",
-                                tok_s=f"{tokens_sum / max(elapsed, 1e-9):.0f}", refresh=False)
-                if signals.requested:
-                    raise KeyboardInterrupt
-                if cfg.max_steps and progress["step"] >= cfg.max_steps:
-                    stop_reason = f"reached --max-steps {cfg.max_steps}"
-                elif cfg.max_minutes and time.time() - started >= 60 * cfg.max_minutes:
-                    stop_reason = f"reached --max-minutes {cfg.max_minutes}"
-                if stop_reason:
-                    break
-            bar.close()
-            epoch_done = progress["batch"] >= len(plan)
-            val = evaluate_loss(model, val_batches)
+            batches = epoch_batches(train_batches, epoch, progress["batch"], world)
+            bar = tqdm(range(progress["batch"], batches_per_epoch, cfg.accum_steps),
+                       desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not verbose, leave=False, mininterval=1.0)
+            try:
+                for k in bar:
+                    group = [next(batches) for _ in range(min(cfg.accum_steps, batches_per_epoch - k))]
+                    if one_batch_per_step:
+                        src, tgt = group[0]
+                        loss, nll_sum, tokens, finite = step_fn(ms.Tensor(src), ms.Tensor(tgt))
+                        loss_value, n = float(loss.asnumpy()), float(tokens.asnumpy())
+                        skipped = loss_scaler is None and not bool(finite.asnumpy())
+                        stop_requested = signals.requested
+                        time_up = cfg.max_minutes and time.time() - started >= 60 * cfg.max_minutes
+                    else:
+                        # Stop requests travel with the step, so that every worker stops after the same one.
+                        flags = [bool(cfg.max_minutes and time.time() - started >= 60 * cfg.max_minutes),
+                                 signals.requested]
+                        try:
+                            loss_value, _, n, finite, flags = step_fn(group, flags)
+                        except RuntimeError as err:
+                            if world > 1 and distributed.is_cluster_failure(err):
+                                raise distributed.lost_worker_error(err, out) from err
+                            raise
+                        skipped = loss_scaler is None and not finite
+                        time_up, stop_requested = flags[0] > 0, flags[1] > 0
+                    if not math.isfinite(loss_value) or skipped:
+                        raise NonFiniteLossError(
+                            f"loss became {loss_value} at step {progress['step'] + 1} (epoch {epoch + 1}); the last "
+                            f"good checkpoint {out / 'latest.ckpt'} is untouched. Lower --lr, raise --warmup-steps "
+                            f"or --clip-norm, or turn mixed precision off with --amp off")
+                    progress["step"] += 1
+                    progress["batch"] = k + len(group)
+                    loss_sum += loss_value * n
+                    tokens_sum += n
+                    elapsed = time.time() - epoch_start
+                    rate = learning_rate(progress["step"] - 1, cfg.lr, cfg.warmup_steps, cfg.schedule, total_steps)
+                    bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{rate:.2e}",
+                                    tok_s=f"{tokens_sum / max(elapsed, 1e-9):.0f}", refresh=False)
+                    if stop_requested:
+                        raise KeyboardInterrupt
+                    if cfg.max_steps and progress["step"] >= cfg.max_steps:
+                        stop_reason = f"reached --max-steps {cfg.max_steps}"
+                    elif time_up:
+                        stop_reason = f"reached --max-minutes {cfg.max_minutes}"
+                    if stop_reason:
+                        break
+            finally:
+                bar.close()
+                if hasattr(batches, "stop"):  # a mindspore.dataset iterator: end its pipeline now
+                    batches.stop()
+            epoch_done = progress["batch"] >= batches_per_epoch
+            val = evaluate_loss(model, val_batches)  # every worker: the same weights, the same answer
             row = {"epoch": epoch + 1, "step": progress["step"], "train_loss": loss_sum / max(tokens_sum, 1.0),
                    "val_loss": val["loss"], "val_ppl": val["ppl"],
                    "lr": learning_rate(max(progress["step"] - 1, 0), cfg.lr, cfg.warmup_steps, cfg.schedule, total_steps),
@@ -350,12 +558,14 @@ def train(data_dir, out, cfg: TrainConfig = None, resume: bool = False, verbose:
                       f"val ppl {val['ppl']:.2f}, {row['tokens_per_s']:.0f} tok/s, {row['epoch_time_s']:.0f} s")
             if progress["best_val_loss"] is None or val["loss"] < progress["best_val_loss"]:
                 progress["best_val_loss"] = val["loss"]
-                checkpoint.atomic_save(model, out / "model.ckpt", extra={"epoch": epoch + 1, "step": progress["step"],
-                                                                         "val_loss": val["loss"]})
+                if main:
+                    best = {"epoch": epoch + 1, "step": progress["step"], "val_loss": val["loss"]}
+                    checkpoint.atomic_save(model, out / "model.ckpt", extra=best)
             if epoch_done:
                 progress["epoch"], progress["batch"] = epoch + 1, 0
             save_latest()
-            write_log(out, progress["history"])
+            if main:
+                write_log(out, progress["history"])
     except KeyboardInterrupt:
         interrupted = True
         save_latest()
@@ -365,6 +575,9 @@ def train(data_dir, out, cfg: TrainConfig = None, resume: bool = False, verbose:
         signals.restore()
     summary = {"steps": progress["step"], "epochs_completed": progress["epoch"],
                "best_val_loss": progress["best_val_loss"], "train_time_s": time.time() - started,
-               "stopped": "interrupted" if interrupted else stop_reason or "completed", "device": device}
-    bundle.update_metadata(out, {"training": summary})
+               "stopped": "interrupted" if interrupted else stop_reason or "completed", "device": device,
+               "workers": world}
+    if main:
+        bundle.update_metadata(out, {"training": summary})
+    distributed.barrier()  # the other workers exit only once rank 0 has written everything
     return summary
