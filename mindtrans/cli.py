@@ -45,6 +45,9 @@ def add_train_arguments(parser):
                         help="'graph' compiles the train step; 'pynative' runs eagerly, for debugging")
     parser.add_argument("--max-len", type=int, default=d.max_len, help="longer sentences are truncated")
     parser.add_argument("--min-freq", type=int, default=d.min_freq, help="rarer words become <unk>")
+    parser.add_argument("--average-last", type=int, default=d.average_last,
+                        help="at the end, average the weights of the last N epochs and keep the mean if its "
+                             "validation loss is lower (0: off; default: %(default)s)")
 
 
 def train_config_from(args):
@@ -55,7 +58,8 @@ def train_config_from(args):
                        lr=args.lr,
                        warmup_steps=args.warmup_steps, schedule=args.schedule, label_smoothing=args.label_smoothing,
                        clip_norm=args.clip_norm, dropout=args.dropout, seed=args.seed, amp=args.amp, mode=args.mode,
-                       max_len=args.max_len, min_freq=args.min_freq)
+                       max_len=args.max_len, min_freq=args.min_freq,
+                       average_last=args.average_last)
 
 
 def cmd_fetch(args):

@@ -56,6 +56,7 @@ class TrainConfig:
     mode: str = "graph"         # "graph" (compiled with mindspore.jit) or "pynative" (eager, for debugging)
     max_len: int = 128          # longest sentence in tokens, <bos>/<eos> included; longer ones are cut
     min_freq: int = 2           # rarer words become <unk>
+    average_last: int = 0       # >= 2: also try the mean of the last N epochs' weights; keep it if val loss is lower
     corpus: str = "auto"        # "multi30k", "synthetic", or "auto" (multi30k if fetched, else synthetic)
 
     def __post_init__(self):
@@ -70,6 +71,8 @@ class TrainConfig:
         for name in ("epochs", "batch_tokens", "accum_steps", "max_len", "min_freq"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.average_last < 0 or self.average_last == 1:
+            raise ValueError(f"average_last must be 0 (off) or at least 2 epochs, got {self.average_last}")
         if self.lr <= 0 or self.clip_norm <= 0 or not 0 <= self.label_smoothing < 1:
             raise ValueError("lr and clip_norm must be positive and label_smoothing in [0, 1)")
 
@@ -341,6 +344,58 @@ def write_log(run_dir: Path, history: list) -> None:
         atomic_write_text(run_dir / "log.csv", buf.getvalue())
 
 
+# --------------------------------------------------------------------------- checkpoint averaging
+EPOCHS_DIR = "epochs"  # inside the run directory: the weights at the end of each of the last epochs
+
+
+def keep_epoch_weights(model, out: Path, epoch: int, keep: int) -> None:
+    """Save the weights after `epoch` (1-based) as out/epochs/epoch_NNN.ckpt; delete all but the last `keep`."""
+    checkpoint.atomic_save(model, out / EPOCHS_DIR / f"epoch_{epoch:03d}.ckpt", extra={"epoch": epoch})
+    for old in sorted((out / EPOCHS_DIR).glob("epoch_*.ckpt"))[:-keep]:
+        old.unlink()
+
+
+def average_weights(paths) -> dict:
+    """name -> float32 array: the element-wise mean of the checkpoints in `paths` (all of one model)."""
+    total = {}
+    for path in paths:
+        params, _ = checkpoint.load(path)
+        for name, param in params.items():
+            value = param.asnumpy().astype(np.float64)
+            if name in total and total[name].shape != value.shape:
+                raise ValueError(f"cannot average {path}: {name} has shape {value.shape}, not {total[name].shape}")
+            total[name] = total.get(name, 0.0) + value
+    return {name: (value / len(paths)).astype(np.float32) for name, value in total.items()}
+
+
+def try_averaged_weights(model, out: Path, last: int, val_batches, best_val_loss: float, step: int,
+                         verbose: bool) -> dict:
+    """Average the last `last` epoch checkpoints into `model`; if that lowers the validation loss,
+    make it the run's model.ckpt. Returns what was tried and whether it was kept."""
+    paths = sorted((out / EPOCHS_DIR).glob("epoch_*.ckpt"))[-last:]
+    if len(paths) < 2:
+        return {"epochs": [], "kept": False, "reason": "fewer than two epoch checkpoints"}
+    epochs = [int(path.stem.split("_")[1]) for path in paths]
+    before = {param.name: param.asnumpy().copy() for param in model.get_parameters()}
+    averaged = average_weights(paths)
+    for param in model.get_parameters():
+        param.set_data(ms.Tensor(averaged[param.name]).astype(param.dtype))
+    val = evaluate_loss(model, val_batches)
+    kept = best_val_loss is None or val["loss"] < best_val_loss
+    if kept:
+        checkpoint.atomic_save(model, out / "model.ckpt",
+                               extra={"epoch": epochs[-1], "step": step, "val_loss": val["loss"],
+                                      "averaged_epochs": epochs})
+    else:  # the model in memory goes back to the last epoch's weights
+        for param in model.get_parameters():
+            param.set_data(ms.Tensor(before[param.name]))
+    if verbose:
+        verdict = "kept as model.ckpt" if kept else f"not kept (best single epoch: {best_val_loss:.3f})"
+        print(f"mean of epochs {epochs[0]}-{epochs[-1]}: val loss {val['loss']:.3f}, val ppl {val['ppl']:.2f}, "
+              f"{verdict}")
+    return {"epochs": epochs, "val_loss": val["loss"], "kept": kept}
+
+
 # --------------------------------------------------------------------------- the loop
 class StopSignals:
     """Ctrl-C (SIGINT) and `kill` (SIGTERM) become a request that the loop honours between
@@ -372,6 +427,7 @@ def remove_stale_temporaries(out: Path) -> list:
     names = set(REQUIRED) | {"latest.ckpt", "metadata.json", "train_config.json", "log.json", "log.csv"}
     patterns = {f".{Path(name).stem}.*.tmp.ckpt" for name in names if name.endswith(".ckpt")}
     patterns |= {f".{name}.*.tmp" for name in names}
+    patterns.add(f"{EPOCHS_DIR}/.epoch_*.tmp.ckpt")
     removed = sorted({path for pattern in patterns for path in out.glob(pattern) if path.is_file()})
     for path in removed:
         path.unlink()
@@ -563,6 +619,8 @@ def train(data_dir, out, cfg: TrainConfig = None, resume: bool = False, verbose:
                     checkpoint.atomic_save(model, out / "model.ckpt", extra=best)
             if epoch_done:
                 progress["epoch"], progress["batch"] = epoch + 1, 0
+                if main and cfg.average_last:
+                    keep_epoch_weights(model, out, epoch + 1, cfg.average_last)
             save_latest()
             if main:
                 write_log(out, progress["history"])
@@ -573,10 +631,16 @@ def train(data_dir, out, cfg: TrainConfig = None, resume: bool = False, verbose:
             print(f"\ninterrupted at step {progress['step']}: saved {out / 'latest.ckpt'}; continue with --resume")
     finally:
         signals.restore()
+    averaging = None
+    if cfg.average_last and not interrupted and main:
+        averaging = try_averaged_weights(model, out, cfg.average_last, val_batches, progress["best_val_loss"],
+                                         progress["step"], verbose)
     summary = {"steps": progress["step"], "epochs_completed": progress["epoch"],
                "best_val_loss": progress["best_val_loss"], "train_time_s": time.time() - started,
                "stopped": "interrupted" if interrupted else stop_reason or "completed", "device": device,
                "workers": world}
+    if averaging is not None:
+        summary["averaging"] = averaging
     if main:
         bundle.update_metadata(out, {"training": summary})
     distributed.barrier()  # the other workers exit only once rank 0 has written everything

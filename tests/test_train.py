@@ -439,3 +439,42 @@ def test_a_real_signal_mid_step_finishes_that_step_then_saves(data_dir, tmp_path
     assert progress["step"] == progress["batch"] == INTERRUPT_AT
     assert int(np.asarray(state["global_step"]).reshape(-1)[0]) == INTERRUPT_AT
     assert signal.getsignal(signal.SIGINT) is before
+
+
+# --------------------------------------------------------------------------- checkpoint averaging
+def test_average_weights_is_the_element_wise_mean(tmp_path):
+    a, b = nn.Dense(3, 2), nn.Dense(3, 2)
+    checkpoint.atomic_save(a, tmp_path / "a.ckpt")
+    checkpoint.atomic_save(b, tmp_path / "b.ckpt")
+    mean = train_module.average_weights([tmp_path / "a.ckpt", tmp_path / "b.ckpt"])
+    np.testing.assert_allclose(mean["weight"], (a.weight.asnumpy() + b.weight.asnumpy()) / 2, rtol=1e-6)
+    np.testing.assert_allclose(mean["bias"], (a.bias.asnumpy() + b.bias.asnumpy()) / 2, rtol=1e-6)
+    checkpoint.atomic_save(nn.Dense(4, 2), tmp_path / "c.ckpt")
+    with pytest.raises(ValueError, match="cannot average .*c.ckpt: weight has shape"):
+        train_module.average_weights([tmp_path / "a.ckpt", tmp_path / "c.ckpt"])
+
+
+def test_average_last_keeps_the_last_epochs_and_uses_their_mean_only_if_validation_improves(data_dir, tmp_path):
+    out = tmp_path / "run"
+    summary = run_train(data_dir, out, epochs=3, average_last=2)
+    kept = sorted(path.name for path in (out / train_module.EPOCHS_DIR).iterdir())
+    assert kept == ["epoch_002.ckpt", "epoch_003.ckpt"]  # epoch 1 was pruned
+    averaging = summary["averaging"]
+    assert averaging["epochs"] == [2, 3]
+    best, extra = load(out / "model.ckpt")
+    mean = train_module.average_weights([out / "epochs" / name for name in kept])
+    history = json.loads((out / "log.json").read_text())
+    best_single = min(row["val_loss"] for row in history)
+    assert averaging["kept"] == (averaging["val_loss"] < best_single)
+    if averaging["kept"]:
+        assert extra["averaged_epochs"] == [2, 3]
+        assert_same_state({n: best[n] for n in mean}, mean)
+    else:
+        assert "averaged_epochs" not in extra
+    # The averaged model's validation loss is the one the bundle reports when it is kept.
+    assert json.loads((out / "metadata.json").read_text())["training"]["averaging"] == averaging
+
+
+def test_average_last_must_be_zero_or_at_least_two():
+    with pytest.raises(ValueError, match="average_last must be 0"):
+        TrainConfig(average_last=1)
