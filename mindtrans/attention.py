@@ -91,32 +91,43 @@ class MultiHeadAttention(nn.Cell):
         batch, _, length, _ = x.shape
         return x.transpose(0, 2, 1, 3).reshape(batch, length, self.d_model)
 
-    def project(self, query, memory):
-        """Projected (B, L, D) queries, keys and values."""
-        if self.fused and not self.cross:
-            return ops.split(self.qkv_proj(query), self.d_model, axis=-1)
-        source = memory if self.cross else query
+    def project(self, x):
+        """Self-attention: x (B, L, D) -> queries, keys and values, each (B, H, L, D/H)."""
         if self.fused:
-            key, value = ops.split(self.kv_proj(source), self.d_model, axis=-1)
+            query, key, value = ops.split(self.qkv_proj(x), self.d_model, axis=-1)
         else:
-            key, value = self.k_proj(source), self.v_proj(source)
-        return self.q_proj(query), key, value
+            query, key, value = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        return self.split_heads(query), self.split_heads(key), self.split_heads(value)
 
-    def construct(self, query, memory=None, mask=None, cache=None):
+    def memory_cache(self, memory):
+        """Cross-attention: memory (B, Ls, D) -> keys and values, each (B, H, Ls, D/H)."""
+        if self.fused:
+            key, value = ops.split(self.kv_proj(memory), self.d_model, axis=-1)
+        else:
+            key, value = self.k_proj(memory), self.v_proj(memory)
+        return self.split_heads(key), self.split_heads(value)
+
+    def construct(self, query, memory=None, mask=None, cache=None, position=None):
         """query (B, Lq, D); memory (B, Lk, D) for cross-attention; mask bool, see module doc.
 
         `cache` holds (keys, values), each (B, H, Lc, D/H): for self-attention the earlier
         positions, extended here; for cross-attention the projected memory, reused as is
-        (`memory` may then be None). Returns output (B, Lq, D), weights (B, H, Lq, Lk) and
-        the cache to pass to the next step.
+        (`memory` may then be None). With `position` (an int32 scalar tensor) the
+        self-attention cache has a fixed number of slots instead, and the one new query's
+        key and value are written into slot `position`: the shapes stay the same at every
+        step, which lets a compiled graph decode a whole sentence. Returns output
+        (B, Lq, D), weights (B, H, Lq, Lk) and the cache to pass to the next step.
         """
-        if self.cross and cache is not None:
+        if self.cross:
             query = self.split_heads(self.q_proj(query))
-            key, value = cache
+            key, value = cache if cache is not None else self.memory_cache(memory)
         else:
-            query, key, value = self.project(query, memory)
-            query, key, value = self.split_heads(query), self.split_heads(key), self.split_heads(value)
-            if cache is not None:
+            query, key, value = self.project(query)
+            if cache is not None and position is not None:
+                slot = (ops.arange(cache[0].shape[2]) == position).reshape(1, 1, -1, 1)
+                key = ops.where(slot, key, cache[0])
+                value = ops.where(slot, value, cache[1])
+            elif cache is not None:
                 key = ops.concat((cache[0], key), axis=2)
                 value = ops.concat((cache[1], value), axis=2)
         out, weights = scaled_dot_product_attention(query, key, value, mask, self.dropout)

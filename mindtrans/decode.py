@@ -2,9 +2,12 @@
 
 Both encode the source once, then run the decoder on one new token per step: the
 cache holds every layer's keys and values of the earlier positions (and the
-projected encoder memory), so no step recomputes the prefix.
+projected encoder memory), so no step recomputes the prefix. The step is one
+compiled graph (`decode_step`) over a cache with a fixed number of slots, so that
+a step costs its arithmetic rather than a hundred eager op dispatches.
 """
 import warnings
+import weakref
 
 import mindspore as ms
 import numpy as np
@@ -13,18 +16,62 @@ from mindspore import ops
 from mindtrans.data import BOS, EOS, PAD, detokenize, tokenize
 
 
-def _select(cache, rows: np.ndarray):
-    """Keep (and reorder) the batch rows `rows` of every tensor in a per-layer cache."""
-    index = ms.Tensor(rows.astype(np.int32))
-    return tuple(tuple(ops.gather(t, index, 0) for t in layer) for layer in cache)
+_COMPILED_STEPS = weakref.WeakKeyDictionary()  # model -> its compiled decoding step
 
 
-def _log_probs(model, tokens, memory, src_mask, cache):
-    """Decode one step: tokens (B, 1) -> log-probabilities (B, V) as NumPy, new cache, cross weights (B, Ls)."""
-    logits, cache, weights = model.decode(ms.Tensor(tokens), memory, src_mask, cache)
-    log_probs = ops.log_softmax(logits[:, -1].astype(ms.float32), axis=-1).asnumpy()
-    attention = weights[-1][:, :, -1].mean(axis=1).asnumpy()  # last layer, averaged over heads
-    return log_probs, cache, attention
+def decode_step(model, dtype=ms.float32):
+    """`model`'s decoding step as one compiled graph, built on first use for all shapes.
+
+    step(tokens (B, 1), src_mask (B, 1, 1, Ls), cache, position, rows) -> (log-probabilities
+    (B, V) float32, new cache, last layer's cross-attention weights (B, Ls), mean over heads).
+    `cache` is the flat tuple of `Decoder.init_cache`'s tensors (4 per layer), `position`
+    the int32 step number, and `rows` (B,) int32 picks and reorders the self-attention cache
+    rows first (beam search follows the surviving beams; greedy passes 0 .. B-1).
+    The batch, source length and number of slots are symbolic, so it compiles once (per
+    cache `dtype`: float16 for a model converted by mixed precision).
+    """
+    compiled = _COMPILED_STEPS.setdefault(model, {})
+    if dtype not in compiled:
+        n_layers = model.config.n_decoder_layers
+
+        def step(tokens, src_mask, cache, position, rows):
+            nested = ()
+            for i in range(n_layers):
+                self_keys, self_values, cross_keys, cross_values = cache[4 * i:4 * i + 4]
+                nested += ((ops.gather(self_keys, rows, 0), ops.gather(self_values, rows, 0), cross_keys,
+                            cross_values),)
+            logits, new_cache, weights = model.decode(tokens, None, src_mask, nested, position)
+            flat = ()
+            for layer in new_cache:
+                flat += layer
+            log_probs = ops.log_softmax(logits[:, -1].astype(ms.float32), axis=-1)
+            return log_probs, flat, weights[-1][:, :, -1].mean(axis=1)
+
+        heads, d_head = model.config.n_heads, model.config.d_model // model.config.n_heads
+        any_cache = ms.Tensor(shape=[None, heads, None, d_head], dtype=dtype)
+        dynamic = ms.enable_dynamic(tokens=ms.Tensor(shape=[None, 1], dtype=ms.int32),
+                                    src_mask=ms.Tensor(shape=[None, 1, 1, None], dtype=ms.bool_),
+                                    cache=(any_cache,) * (4 * n_layers),
+                                    rows=ms.Tensor(shape=[None], dtype=ms.int32))
+        compiled[dtype] = ms.jit(dynamic(step))
+    return compiled[dtype]
+
+
+def _start(model, src: np.ndarray, slots: int, repeat: int = 1):
+    """Encode src (B, Ls) once: src_mask, a fixed-slot flat cache for B * repeat rows, the compiled step."""
+    memory, src_mask, _ = model.encode(ms.Tensor(src))
+    if repeat > 1:  # beam b of sentence i is row i * repeat + b
+        rows = ms.Tensor(np.repeat(np.arange(src.shape[0]), repeat).astype(np.int32))
+        memory, src_mask = ops.gather(memory, rows, 0), ops.gather(src_mask, rows, 0)
+    cache = tuple(t for layer in model.decoder.init_cache(memory, slots) for t in layer)
+    return src_mask, cache, decode_step(model, memory.dtype)
+
+
+def _run_step(step, tokens: np.ndarray, src_mask, cache, position: int, rows: np.ndarray):
+    """One compiled step with NumPy in and out: (log_probs (B, V), cache, attention (B, Ls))."""
+    log_probs, cache, attention = step(ms.Tensor(tokens), src_mask, ms.mutable(cache), ms.Tensor(position, ms.int32),
+                                       ms.Tensor(rows.astype(np.int32)))
+    return log_probs.asnumpy(), cache, attention.asnumpy()
 
 
 def default_max_new_tokens(src_len: int, limit: int) -> int:
@@ -46,18 +93,18 @@ def greedy_decode(model, src: np.ndarray, max_new_tokens: int = None, return_att
     `return_attention`, a list of (T_i, Ls) cross-attention arrays (last layer, mean over
     heads; one row per output token and one for <eos>).
     """
-    memory, src_mask, _ = model.encode(ms.Tensor(src))
     limits = _budgets(src, max_new_tokens, model.config.max_len)
     steps = int(limits.max())
     batch = src.shape[0]
+    src_mask, cache, step = _start(model, src, steps)
+    rows = np.arange(batch)
     tokens = np.full((batch, 1), BOS, dtype=np.int32)
     outputs = np.full((batch, steps), PAD, dtype=np.int32)
     attention = np.zeros((batch, steps, src.shape[1]), dtype=np.float32)
     lengths = limits.copy()
     finished = np.zeros(batch, dtype=bool)
-    cache = None
     for t in range(steps):
-        log_probs, cache, weights = _log_probs(model, tokens, memory, src_mask, cache)
+        log_probs, cache, weights = _run_step(step, tokens, src_mask, cache, t, rows)
         next_tokens = log_probs.argmax(axis=-1).astype(np.int32)
         next_tokens[finished] = PAD
         outputs[:, t] = next_tokens
@@ -72,6 +119,15 @@ def greedy_decode(model, src: np.ndarray, max_new_tokens: int = None, return_att
     if return_attention:
         return hyps, [attention[i, :min(lengths[i] + 1, limits[i])] for i in range(batch)]  # <eos> step included
     return hyps
+
+
+def _best(scores: np.ndarray, n: int) -> np.ndarray:
+    """Column indices of the n highest scores of each row, best first; ties go to the lower index."""
+    if n >= scores.shape[1]:
+        return np.argsort(-scores, axis=-1, kind="stable")
+    top = np.argpartition(-scores, n - 1, axis=-1)[:, :n]
+    order = np.lexsort((top, -np.take_along_axis(scores, top, axis=-1)), axis=-1)
+    return np.take_along_axis(top, order, axis=-1)
 
 
 def length_penalty(length, alpha: float):
@@ -92,11 +148,10 @@ def beam_search(model, src: np.ndarray, beam_size: int = 4, alpha: float = 0.6, 
         raise ValueError(f"beam_size must be at least 1, got {beam_size}")
     batch, src_len = src.shape
     k = beam_size
-    memory, src_mask, _ = model.encode(ms.Tensor(src))
-    rows = ms.Tensor(np.repeat(np.arange(batch), k).astype(np.int32))  # beam b of sentence i is row i*k + b
-    memory, src_mask = ops.gather(memory, rows, 0), ops.gather(src_mask, rows, 0)
     limits = _budgets(src, max_new_tokens, model.config.max_len)
     steps = int(limits.max())
+    src_mask, cache, step = _start(model, src, steps, repeat=k)  # beam b of sentence i is row i*k + b
+    rows_kept = np.arange(batch * k)
     scores = np.full((batch, k), -np.inf)
     scores[:, 0] = 0.0  # every beam starts as the same <bos>: keep one alive at first
     history = np.zeros((batch, k, 0), dtype=np.int32)
@@ -105,12 +160,11 @@ def beam_search(model, src: np.ndarray, beam_size: int = 4, alpha: float = 0.6, 
     done = np.zeros(batch, dtype=bool)
     capped = [[] for _ in range(batch)]  # the live hypotheses of a sentence that ran out of budget
     tokens = np.full((batch * k, 1), BOS, dtype=np.int32)
-    cache = None
     for t in range(steps):
-        log_probs, cache, weights = _log_probs(model, tokens, memory, src_mask, cache)
+        log_probs, cache, weights = _run_step(step, tokens, src_mask, cache, t, rows_kept)
         vocab = log_probs.shape[-1]
         candidates = (scores[:, :, None] + log_probs.reshape(batch, k, vocab)).reshape(batch, k * vocab)
-        top = np.argsort(-candidates, axis=-1, kind="stable")[:, :2 * k]  # 2k: k stay alive even if k end
+        top = _best(candidates, 2 * k)  # 2k: k stay alive even if k end
         scores = np.full((batch, k), -np.inf)
         parents = np.zeros((batch, k), dtype=np.int64)
         next_tokens = np.full((batch, k), PAD, dtype=np.int32)
@@ -137,7 +191,6 @@ def beam_search(model, src: np.ndarray, beam_size: int = 4, alpha: float = 0.6, 
         history = np.concatenate([history[np.arange(batch)[:, None], parents], next_tokens[:, :, None]], axis=2)
         attn_history = np.concatenate([attn_history[np.arange(batch)[:, None], parents],
                                        weights[rows_kept].reshape(batch, k, 1, src_len)], axis=2)
-        cache = _select(cache, rows_kept)
         tokens = next_tokens.reshape(-1, 1)
         for i in np.flatnonzero(~done & (t + 1 >= limits)):  # out of budget: its live beams are final
             capped[i] = [(scores[i, b] / length_penalty(t + 1, alpha), history[i, b].tolist(), attn_history[i, b])

@@ -1,5 +1,5 @@
 """The decoder: masked self-attention, cross-attention to the encoder, a feed-forward network."""
-from mindspore import nn
+from mindspore import nn, ops
 
 from mindtrans.attention import MultiHeadAttention, causal_mask
 from mindtrans.config import TransformerConfig
@@ -19,15 +19,17 @@ class DecoderLayer(nn.Cell):
         self.cross_residual = Residual(c.d_model, c.dropout, c.norm, c.norm_first, c.norm_eps)
         self.ffn_residual = Residual(c.d_model, c.dropout, c.norm, c.norm_first, c.norm_eps)
 
-    def construct(self, x, memory, src_mask, tgt_mask, cache=None):
+    def construct(self, x, memory, src_mask, tgt_mask, cache=None, position=None):
         """x (B, Lt, D), memory (B, Ls, D), src_mask (B, 1, 1, Ls), tgt_mask (1, 1, Lt, Lc+Lt).
 
         `cache` is None or (self_keys, self_values, cross_keys, cross_values) from earlier
-        steps. Returns x (B, Lt, D), the updated cache, cross-attention weights (B, H, Lt, Ls).
+        steps; with `position`, a fixed-slot cache (see `MultiHeadAttention`). Returns
+        x (B, Lt, D), the updated cache, cross-attention weights (B, H, Lt, Ls).
         """
         self_cache = None if cache is None else cache[:2]
         cross_cache = None if cache is None else cache[2:]
-        out, _, self_kv = self.self_attn(self.self_residual.sublayer_input(x), mask=tgt_mask, cache=self_cache)
+        out, _, self_kv = self.self_attn(self.self_residual.sublayer_input(x), mask=tgt_mask, cache=self_cache,
+                                        position=position)
         x = self.self_residual.add(x, out)
         out, cross_weights, cross_kv = self.cross_attn(self.cross_residual.sublayer_input(x), memory,
                                                        mask=src_mask, cache=cross_cache)
@@ -46,21 +48,38 @@ class Decoder(nn.Cell):
         self.layers = nn.CellList([DecoderLayer(config) for _ in range(config.n_decoder_layers)])
         self.final_norm = make_norm(config.norm, config.d_model, config.norm_eps) if config.norm_first else None
 
-    def construct(self, tgt, memory, src_mask=None, cache=None):
+    def init_cache(self, memory, slots: int):
+        """A fixed-slot cache for `construct(..., position=...)`: per layer (self keys, self values),
+        zeros (B, H, slots, D/H), and (cross keys, cross values) projected from memory (B, Ls, D) once."""
+        cache = ()
+        for layer in self.layers:
+            attention = layer.self_attn
+            empty = ops.zeros((memory.shape[0], attention.n_heads, slots, attention.d_head), memory.dtype)
+            cache += ((empty, empty) + layer.cross_attn.memory_cache(memory),)
+        return cache
+
+    def construct(self, tgt, memory, src_mask=None, cache=None, position=None):
         """tgt (B, Lt) ids, memory (B, Ls, D), src_mask (B, 1, 1, Ls).
 
         Without a cache, tgt is the whole (shifted) target and a causal mask hides the
         future. With the cache returned by a previous call, tgt holds only the new
-        positions. Returns hidden states (B, Lt, D), the new per-layer cache and the
-        per-layer cross-attention weights.
+        positions. With a cache from `init_cache` and `position` (int32 scalar tensor),
+        tgt (B, 1) is the token at that position and every shape stays fixed from step to
+        step (memory may be None: the cache holds it). Returns hidden states (B, Lt, D),
+        the new per-layer cache and the per-layer cross-attention weights.
         """
-        past = 0 if cache is None else cache[0][0].shape[2]
-        length = tgt.shape[1]
-        tgt_mask = causal_mask(length, past + length)
-        x = self.positions(self.embed(tgt), past)
+        if position is not None:
+            slots = cache[0][0].shape[2]
+            tgt_mask = (ops.arange(slots) <= position).reshape(1, 1, 1, slots)  # the filled slots
+            x = self.positions.at(self.embed(tgt), position)
+        else:
+            past = 0 if cache is None else cache[0][0].shape[2]
+            length = tgt.shape[1]
+            tgt_mask = causal_mask(length, past + length)
+            x = self.positions(self.embed(tgt), past)
         new_cache, weights = (), ()
         for i, layer in enumerate(self.layers):
-            x, layer_cache, w = layer(x, memory, src_mask, tgt_mask, None if cache is None else cache[i])
+            x, layer_cache, w = layer(x, memory, src_mask, tgt_mask, None if cache is None else cache[i], position)
             new_cache += (layer_cache,)
             weights += (w,)
         if self.final_norm is not None:

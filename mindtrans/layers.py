@@ -57,6 +57,10 @@ class PositionalEncoding(nn.Cell):
                              f"{self.max_len}; build the model with a larger max_len or shorten the input")
         return self.dropout(x + self.table[offset:offset + length].astype(x.dtype))
 
+    def at(self, x, position):
+        """x (B, 1, D) at position `position` (an int32 scalar tensor, below max_len) -> (B, 1, D)."""
+        return self.dropout(x + ops.gather(self.table, position.reshape(1), 0).astype(x.dtype))
+
 
 class TokenEmbedding(nn.Cell):
     """Token ids (B, L) -> vectors (B, L, D), scaled by sqrt(D) as in the paper."""

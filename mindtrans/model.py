@@ -35,13 +35,14 @@ class Transformer(nn.Cell):
             return ops.matmul(hidden, self.decoder.embed.weight.T)
         return self.generator(hidden)
 
-    def decode(self, tgt, memory, src_mask, cache=None):
+    def decode(self, tgt, memory, src_mask, cache=None, position=None):
         """Logits (B, Lt, V) for target ids tgt (B, Lt), the new cache, cross-attention weights.
 
         See `Decoder.construct` for the cache: pass the one returned by the previous call
-        and only the new tokens to decode one step at a time.
+        and only the new tokens to decode one step at a time (or a fixed-slot cache from
+        `Decoder.init_cache` and the step's `position`).
         """
-        hidden, cache, weights = self.decoder(tgt, memory, src_mask, cache)
+        hidden, cache, weights = self.decoder(tgt, memory, src_mask, cache, position)
         return self.project(hidden), cache, weights
 
     def construct(self, src, tgt_in):

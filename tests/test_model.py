@@ -143,6 +143,38 @@ def test_cached_step_by_step_decoding_equals_full_decoding(tiny_config, variant)
     assert max_diff(np.concatenate(steps, axis=1), full.asnumpy()) <= TOL
 
 
+@pytest.mark.parametrize("variant", ["post_ln", "pre_ln_rms_unfused_tied_gelu"])
+@pytest.mark.parametrize("compiled", [False, True])
+def test_fixed_slot_cache_decoding_equals_full_decoding(tiny_config, variant, compiled):
+    """The cache of `init_cache` (written at `position`, shapes fixed) gives the same logits,
+    eagerly and as the compiled step the decoders use; stale slots beyond `position` are ignored."""
+    from mindtrans.decode import decode_step
+
+    model = build(tiny_config, **VARIANTS[variant])
+    model.set_train(False)
+    src, tgt = make_batch(tiny_config, np.random.default_rng(3))
+    memory, src_mask, _ = model.encode(ids(src))
+    full, _, full_weights = model.decode(ids(tgt), memory, src_mask)
+    slots = tgt.shape[1] + 3
+    cache = model.decoder.init_cache(memory, slots)
+    cache = tuple((ops.ones_like(k) * 7.0, ops.ones_like(v) * -7.0, ck, cv) for k, v, ck, cv in cache)  # garbage
+    flat = tuple(t for layer in cache for t in layer)
+    step = decode_step(model)
+    rows = ids(np.arange(src.shape[0]))
+    for t in range(tgt.shape[1]):
+        position = ms.Tensor(t, ms.int32)
+        if compiled:
+            log_probs, flat, attention = step(ids(tgt[:, t:t + 1]), src_mask, ms.mutable(flat), position, rows)
+            expected = ops.log_softmax(full[:, t], axis=-1).asnumpy()
+            assert max_diff(log_probs.asnumpy(), expected) <= TOL
+            assert max_diff(attention.asnumpy(), full_weights[-1].asnumpy()[:, :, t].mean(axis=1)) <= TOL
+            assert flat[0].shape == (3, 4, slots, 8)
+        else:
+            logits, cache, _ = model.decode(ids(tgt[:, t:t + 1]), None, src_mask, cache, position)
+            assert cache[0][0].shape == (3, 4, slots, 8)  # the same shape at every step
+            assert max_diff(logits.asnumpy()[:, 0], full.asnumpy()[:, t]) <= TOL
+
+
 def test_cached_decoding_can_start_from_a_prefix(tiny_config):
     """Decode a prefix of 4 at once, then 2 more positions in one call: same as all 6 together."""
     model = build(tiny_config, norm_first=True)
