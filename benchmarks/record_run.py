@@ -1,0 +1,125 @@
+"""Record a finished training run: its test2016 scores, how it was trained, on what, for how long.
+
+Translates all of test2016 with greedy decoding and with beam search, and writes one
+JSON file to benchmarks/results/ with the scores (tokenized lowercased BLEU, sacreBLEU,
+perplexity), the training configuration and the `mindtrans train` command that repeats
+it, the epoch log, the commit and the hardware. Prints the same JSON.
+
+    python benchmarks/record_run.py runs/04_translation --name multi30k_small \
+        --how "notebooks/04_translation.ipynb executed in full mode"
+"""
+import argparse
+import json
+import os
+import platform
+import subprocess
+from dataclasses import asdict, fields
+from pathlib import Path
+
+from common import ROOT, multi30k_dir, peak_rss_gb
+
+
+def hardware() -> dict:
+    """CPU model, usable cores and memory of this machine."""
+    info = {"cores": len(os.sched_getaffinity(0)), "machine": platform.machine()}
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                  if line.startswith("model name")]
+        info["cpu"] = models[0] if models else "unknown"
+    meminfo = Path("/proc/meminfo")
+    if meminfo.is_file():
+        total_kb = int(meminfo.read_text().split("MemTotal:", 1)[1].split()[0])
+        info["memory_gb"] = round(total_kb / 1024 ** 2, 1)
+    return info
+
+
+def git_commit() -> str:
+    """HEAD of the checkout, with '-dirty' when tracked files are modified."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def train_command(train_args: dict, out: str) -> str:
+    """The `mindtrans train` command line for these TrainConfig values (defaults left out)."""
+    from mindtrans.train import TrainConfig
+
+    defaults = asdict(TrainConfig())
+    parts = ["mindtrans train"]
+    for field in fields(TrainConfig):
+        value = train_args.get(field.name, defaults[field.name])
+        if value != defaults[field.name]:
+            parts.append(f"--{field.name.replace('_', '-')} {value}")
+    parts.append(f"--out {out}")
+    return " ".join(parts)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", help="a finished run directory (a model bundle)")
+    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--name", help="results file name without .json (default: the run directory's name)")
+    parser.add_argument("--how", default="", help="how the run was launched, if not with `mindtrans train`")
+    parser.add_argument("--beam", type=int, default=4)
+    parser.add_argument("--alpha", type=float, default=0.6)
+    args = parser.parse_args()
+
+    from mindtrans import checkpoint
+    from mindtrans.bundle import load_bundle
+    from mindtrans.device import select_device
+    from mindtrans.evaluate import evaluate_bundle
+    from mindtrans.params import count_parameters
+
+    device = select_device(verbose=False)
+    run = Path(args.run_dir)
+    data_dir = multi30k_dir(args.data_dir)
+    bundle = load_bundle(run)
+    train_info = json.loads((run / "train_config.json").read_text())
+    metadata = json.loads((run / "metadata.json").read_text())
+    log = json.loads((run / "log.json").read_text())
+    _, weights_info = checkpoint.load(run / "model.ckpt")
+
+    scores = {}
+    for name, beam in (("greedy", 1), (f"beam{args.beam}", args.beam)):
+        result = evaluate_bundle(bundle, data_dir, "test2016", train_info["corpus"], beam_size=beam, alpha=args.alpha)
+        scores[name] = {key: result[key] for key in ("bleu_tokenized", "sacrebleu", "translate_seconds")}
+        scores["test_loss"], scores["test_ppl"] = result["loss"], result["ppl"]
+
+    training = metadata.get("training", {})
+    record = {
+        "run_dir": str(run),
+        "command": train_command(train_info["train"], str(run)),
+        "launched_by": args.how or "the command above",
+        "commit": git_commit(),
+        "hardware": {**hardware(), "device": device},
+        "versions": {key: metadata.get(key) for key in ("mindtrans_version", "mindspore_version", "python")},
+        "data_sha256": metadata.get("data_sha256"),
+        "model": {"preset": train_info["train"]["preset"], "parameters": count_parameters(bundle.model)["total"],
+                  **{key: bundle.config.to_dict()[key] for key in ("d_model", "n_heads", "n_encoder_layers",
+                                                                    "n_decoder_layers", "d_ff", "dropout")}},
+        "vocab": {"src": len(bundle.src_vocab), "tgt": len(bundle.tgt_vocab)},
+        "training": {"steps": training.get("steps"), "epochs": training.get("epochs_completed"),
+                     "train_time_s": training.get("train_time_s"), "stopped": training.get("stopped"),
+                     "mean_epoch_s": sum(row["epoch_time_s"] for row in log) / max(len(log), 1),
+                     "averaging": training.get("averaging")},
+        "published_weights": weights_info,
+        "test2016": scores,
+        "epochs": log,
+        "peak_rss_gb_evaluation": peak_rss_gb(),
+    }
+    out = ROOT / "benchmarks" / "results" / f"{args.name or run.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+    os.replace(tmp, out)
+    print(json.dumps(record, indent=1, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()
