@@ -67,8 +67,30 @@ def _start(model, src: np.ndarray, slots: int, repeat: int = 1):
     return src_mask, cache, decode_step(model, memory.dtype)
 
 
+SLOT_CHUNK = 16  # the self-attention cache starts with room for the source length + 16 tokens, and grows by 16
+
+
+def _initial_slots(src: np.ndarray, steps: int) -> int:
+    """Slots to allocate first: most translations are about as long as their source."""
+    return min(steps, src.shape[1] + SLOT_CHUNK)
+
+
+def _grow(cache: tuple, extra: int) -> tuple:
+    """The flat cache with `extra` more (empty) self-attention slots; the graph's shapes are symbolic."""
+    grown = list(cache)
+    for i in range(0, len(cache), 4):  # per layer: self keys, self values, cross keys, cross values
+        for j in (i, i + 1):
+            batch, heads, _, d_head = cache[j].shape
+            grown[j] = ops.concat((cache[j], ops.zeros((batch, heads, extra, d_head), cache[j].dtype)), axis=2)
+    return tuple(grown)
+
+
 def _run_step(step, tokens: np.ndarray, src_mask, cache, position: int, rows: np.ndarray):
-    """One compiled step with NumPy in and out: (log_probs (B, V), cache, attention (B, Ls))."""
+    """One compiled step with NumPy in and out: (log_probs (B, V), cache, attention (B, Ls));
+    the cache gets more slots first when `position` is past its end."""
+    slots = cache[0].shape[2]
+    if position >= slots:
+        cache = _grow(cache, SLOT_CHUNK)
     log_probs, cache, attention = step(ms.Tensor(tokens), src_mask, ms.mutable(cache), ms.Tensor(position, ms.int32),
                                        ms.Tensor(rows.astype(np.int32)))
     return log_probs.asnumpy(), cache, attention.asnumpy()
@@ -96,7 +118,7 @@ def greedy_decode(model, src: np.ndarray, max_new_tokens: int = None, return_att
     limits = _budgets(src, max_new_tokens, model.config.max_len)
     steps = int(limits.max())
     batch = src.shape[0]
-    src_mask, cache, step = _start(model, src, steps)
+    src_mask, cache, step = _start(model, src, _initial_slots(src, steps))
     rows = np.arange(batch)
     tokens = np.full((batch, 1), BOS, dtype=np.int32)
     outputs = np.full((batch, steps), PAD, dtype=np.int32)
@@ -150,7 +172,7 @@ def beam_search(model, src: np.ndarray, beam_size: int = 4, alpha: float = 0.6, 
     k = beam_size
     limits = _budgets(src, max_new_tokens, model.config.max_len)
     steps = int(limits.max())
-    src_mask, cache, step = _start(model, src, steps, repeat=k)  # beam b of sentence i is row i*k + b
+    src_mask, cache, step = _start(model, src, _initial_slots(src, steps), repeat=k)  # beam b of sentence i is row i*k + b
     rows_kept = np.arange(batch * k)
     scores = np.full((batch, k), -np.inf)
     scores[:, 0] = 0.0  # every beam starts as the same <bos>: keep one alive at first

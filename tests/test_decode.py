@@ -245,3 +245,22 @@ def test_max_new_tokens_caps_the_output(trained):
     for beam_size in (1, 3):
         hyps = translator.translate_ids(train_sources[:4], beam_size=beam_size)
         assert all(len(h) <= 3 for h in hyps) and any(len(h) == 3 for h in hyps)
+
+
+def test_the_cache_grows_when_a_translation_outruns_its_first_slots():
+    """A 4-token source starts with 4 + SLOT_CHUNK slots: 40 output tokens need more, added on the way."""
+    from mindtrans.decode import SLOT_CHUNK
+
+    ms.set_seed(3)
+    model = Transformer(TransformerConfig.preset("tiny", max_len=64).with_vocab(50, 40))
+    bias = model.generator.bias.asnumpy()
+    bias[EOS] = -1e4  # never ends: every decoder runs its whole budget
+    model.generator.bias.set_data(ms.Tensor(bias))
+    model.set_train(False)
+    src = np.array([[BOS, 7, 9, EOS]], dtype=np.int32)
+    steps = 40
+    assert steps > src.shape[1] + SLOT_CHUNK  # the cache must grow
+    hyp = greedy_decode(model, src, max_new_tokens=steps)[0]
+    assert len(hyp) == steps
+    assert hyp == uncached_greedy(model, src[0].tolist(), steps)
+    assert beam_search(model, src, beam_size=1, max_new_tokens=steps)[0] == hyp
