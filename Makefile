@@ -51,9 +51,11 @@ lab: $(STAMP)
 	JUPYTER_TOKEN=$$token exec $(VENV)/bin/jupyter lab --ip=127.0.0.1 --port=$(LAB_PORT) \
 		--ServerApp.port_retries=0 --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
+# Decoding is timed on lesson 04's trained model when it exists (an untrained one otherwise).
 bench: $(STAMP)
-	$(PY) benchmarks/bench_train.py
-	$(PY) benchmarks/bench_decode.py
+	$(PY) benchmarks/bench_train.py --out benchmarks/results/bench_train.json
+	$(PY) benchmarks/bench_decode.py $(if $(wildcard runs/04_translation/model.ckpt),--bundle runs/04_translation) \
+		--out benchmarks/results/bench_decode.json
 
 fetch: $(STAMP)
 	$(VENV)/bin/mindtrans fetch

@@ -11,11 +11,10 @@ decoded to a fixed length (all decoders do the same number of steps), which stil
 measures the speed ratio fairly. Prints one JSON object.
 """
 import argparse
-import json
 import time
 
 import numpy as np
-from common import multi30k_dir, peak_rss_gb
+from common import emit, multi30k_dir, peak_rss_gb
 
 
 def naive_greedy(model, src_ids, steps: int):
@@ -41,6 +40,7 @@ def main():
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--naive-sentences", type=int, default=20)
     parser.add_argument("--fixed-steps", type=int, default=25, help="output length without a trained bundle")
+    parser.add_argument("--out", help="also write the JSON report to this file")
     args = parser.parse_args()
 
     from mindtrans.bundle import load_bundle
@@ -83,7 +83,7 @@ def main():
                   naive_s_projected=per_sentence * len(sources),
                   greedy_speedup_vs_naive=per_sentence * len(sources) / report["greedy_s"],
                   peak_rss_gb=peak_rss_gb())
-    print(json.dumps(report, indent=1))
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -7,11 +7,10 @@ measured in the same run; for `small` also one full training epoch; and peak RSS
     python benchmarks/bench_train.py [--presets small,course] [--steps 8] [--no-epoch]
 """
 import argparse
-import json
 import time
 
 import numpy as np
-from common import mindspore_sgemm_gflops, multi30k_dir, numpy_sgemm_gflops, peak_rss_gb
+from common import emit, mindspore_sgemm_gflops, multi30k_dir, numpy_sgemm_gflops, peak_rss_gb
 
 
 def train_flops(config, batch: int, length: int) -> float:
@@ -82,6 +81,7 @@ def main():
     parser.add_argument("--steps", type=int, default=8, help="timed steps per preset")
     parser.add_argument("--batch-tokens", type=int, default=4096)
     parser.add_argument("--no-epoch", action="store_true", help="skip the full-epoch timing of 'small'")
+    parser.add_argument("--out", help="also write the JSON report to this file")
     args = parser.parse_args()
 
     from mindtrans.data import load_split
@@ -105,7 +105,7 @@ def main():
                     result[key] / report["mindspore_sgemm_gflops"])
         report["presets"].append(result)
     report["peak_rss_gb"] = peak_rss_gb()
-    print(json.dumps(report, indent=1))
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

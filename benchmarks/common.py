@@ -50,6 +50,21 @@ def mindspore_sgemm_gflops(m: int = 4096, k: int = 256, n: int = 768, repeats: i
     return 2 * m * k * n / best / 1e9
 
 
+def emit(report: dict, out=None) -> None:
+    """Print `report` as JSON and, with `out`, also write it there (atomically)."""
+    import json
+    import os
+
+    text = json.dumps(report, indent=1, ensure_ascii=False)
+    print(text)
+    if out:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(text + "\n")
+        os.replace(tmp, out)
+
+
 def peak_rss_gb() -> float:
     """Peak resident memory of this process so far (GB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2

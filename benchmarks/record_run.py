@@ -16,7 +16,7 @@ import subprocess
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from common import ROOT, multi30k_dir, peak_rss_gb
+from common import ROOT, emit, multi30k_dir, peak_rss_gb
 
 
 def hardware() -> dict:
@@ -113,12 +113,7 @@ def main():
         "epochs": log,
         "peak_rss_gb_evaluation": peak_rss_gb(),
     }
-    out = ROOT / "benchmarks" / "results" / f"{args.name or run.name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
-    os.replace(tmp, out)
-    print(json.dumps(record, indent=1, ensure_ascii=False))
+    emit(record, ROOT / "benchmarks" / "results" / f"{args.name or run.name}.json")
 
 
 if __name__ == "__main__":
