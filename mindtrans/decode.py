@@ -173,7 +173,8 @@ def beam_search(model, src: np.ndarray, beam_size: int = 4, alpha: float = 0.6, 
     k = beam_size
     limits = _budgets(src, max_new_tokens, model.config.max_len)
     steps = int(limits.max())
-    src_mask, cache, step = _start(model, src, _initial_slots(src, steps), repeat=k)  # beam b of sentence i is row i*k + b
+    # Beam b of sentence i is row i*k + b.
+    src_mask, cache, step = _start(model, src, _initial_slots(src, steps), repeat=k)
     rows_kept = np.arange(batch * k)
     scores = np.full((batch, k), -np.inf)
     scores[:, 0] = 0.0  # every beam starts as the same <bos>: keep one alive at first

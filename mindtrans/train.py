@@ -536,7 +536,11 @@ def train(data_dir, out, cfg: TrainConfig = None, resume: bool = False, verbose:
               f"({train_batches.padding_ratio(0):.1%} padding), model {count_parameters(model)['total']:,} "
               f"parameters, {'mixed' if loss_scaler else 'float32'} precision, {cfg.mode} mode")
 
+    # Training time over all the processes of this run (older runs' checkpoints: the sum of their epoch times).
+    earlier_seconds = progress.get("train_seconds", sum(row["epoch_time_s"] for row in progress["history"]))
+
     def save_latest():
+        progress["train_seconds"] = earlier_seconds + time.time() - started
         if main:
             checkpoint.atomic_save(state, out / "latest.ckpt", extra=progress)
 
@@ -636,7 +640,7 @@ def train(data_dir, out, cfg: TrainConfig = None, resume: bool = False, verbose:
         averaging = try_averaged_weights(model, out, cfg.average_last, val_batches, progress["best_val_loss"],
                                          progress["step"], verbose)
     summary = {"steps": progress["step"], "epochs_completed": progress["epoch"],
-               "best_val_loss": progress["best_val_loss"], "train_time_s": time.time() - started,
+               "best_val_loss": progress["best_val_loss"], "train_time_s": earlier_seconds + time.time() - started,
                "stopped": "interrupted" if interrupted else stop_reason or "completed", "device": device,
                "workers": world}
     if averaging is not None:

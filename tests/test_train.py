@@ -193,6 +193,12 @@ def test_resumed_run_ends_with_the_same_parameters_as_an_uninterrupted_one(full_
     assert resumed_extra["step"] == full_extra["step"]
 
 
+def test_resumed_run_counts_the_training_time_before_the_stop(stopped_run, resumed_run):
+    _, progress = checkpoint.load(stopped_run[0] / "latest.ckpt")
+    assert progress["train_seconds"] >= stopped_run[1]["train_time_s"] - 1.0
+    assert resumed_run[1]["train_time_s"] > progress["train_seconds"]
+
+
 def test_resume_changed_the_weights_of_the_stopped_run(stopped_run, resumed_run):
     before, _ = load(stopped_run[0] / "latest.ckpt")
     after, _ = load(resumed_run[0] / "latest.ckpt")
