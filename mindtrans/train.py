@@ -535,6 +535,10 @@ def train(data_dir, out, cfg: TrainConfig = None, resume: bool = False, verbose:
               f"{len(src_vocab)} src / {len(tgt_vocab)} tgt, {batching} "
               f"({train_batches.padding_ratio(0):.1%} padding), model {count_parameters(model)['total']:,} "
               f"parameters, {'mixed' if loss_scaler else 'float32'} precision, {cfg.mode} mode")
+        if resume:
+            left = "nothing left to train" if progress["epoch"] >= cfg.epochs else f"{cfg.epochs} epochs in all"
+            print(f"resumed from {out / 'latest.ckpt'}: {progress['epoch']} epoch(s) and {progress['step']} steps "
+                  f"done, {left}")
 
     # Training time over all the processes of this run (older runs' checkpoints: the sum of their epoch times).
     earlier_seconds = progress.get("train_seconds", sum(row["epoch_time_s"] for row in progress["history"]))
