@@ -484,3 +484,33 @@ def test_average_last_keeps_the_last_epochs_and_uses_their_mean_only_if_validati
 def test_average_last_must_be_zero_or_at_least_two():
     with pytest.raises(ValueError, match="average_last must be 0"):
         TrainConfig(average_last=1)
+
+
+# --------------------------------------------------------------------------- gradient clipping
+@pytest.mark.parametrize("clip_norm", [0.5, 100.0])
+@pytest.mark.parametrize("compiled", [False, True])
+def test_clip_by_global_norm_matches_numpy(clip_norm, compiled):
+    rng = np.random.default_rng(3)
+    grads = [rng.standard_normal(shape).astype(np.float32) for shape in [(7, 5), (5,), (3, 2, 4)]]
+    norm = math.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in grads))
+    expected = [g * (clip_norm / max(norm, clip_norm)) for g in grads]
+
+    def clip(gs):
+        return train_module.clip_by_global_norm(gs, clip_norm)
+
+    clip = ms.jit(clip) if compiled else clip
+    clipped, finite = clip(tuple(ms.Tensor(g) for g in grads))
+    assert bool(finite.asnumpy())
+    for got, want in zip(clipped, expected):
+        np.testing.assert_allclose(got.asnumpy(), want, rtol=1e-5, atol=1e-7)
+    if clip_norm < norm:  # clipped onto the sphere; otherwise untouched
+        got_norm = math.sqrt(sum(float((c.asnumpy().astype(np.float64) ** 2).sum()) for c in clipped))
+        assert got_norm == pytest.approx(clip_norm, rel=1e-5)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_clip_by_global_norm_flags_any_non_finite_gradient(bad):
+    grads = [np.ones((4, 3), np.float32), np.ones(6, np.float32)]
+    grads[1][2] = bad
+    _, finite = train_module.clip_by_global_norm(tuple(ms.Tensor(g) for g in grads), 1.0)
+    assert not bool(finite.asnumpy())
