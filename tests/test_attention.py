@@ -5,7 +5,8 @@ import mindspore as ms
 import numpy as np
 import pytest
 
-from mindtrans.attention import MultiHeadAttention, causal_mask, padding_mask, scaled_dot_product_attention
+from mindtrans.attention import (MultiHeadAttention, RowSoftmax, causal_mask, padding_mask,
+                                 scaled_dot_product_attention)
 
 TOL = 1e-5
 
@@ -168,3 +169,26 @@ def test_self_attention_cache_extends_keys_and_values():
 def test_heads_must_divide_d_model():
     with pytest.raises(ValueError, match="d_model=30 must be divisible by n_heads=4"):
         MultiHeadAttention(30, 4)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_row_softmax_value_and_gradient_match_numpy(compiled):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((6, 7)).astype(np.float32) * 3
+    upstream = rng.standard_normal((6, 7)).astype(np.float32)
+    y = np.exp(x - x.max(-1, keepdims=True))
+    y /= y.sum(-1, keepdims=True)
+    # d/dx of sum(upstream * softmax(x)) = y * (upstream - sum(upstream * y))
+    expected_grad = y * (upstream - (upstream * y).sum(-1, keepdims=True))
+
+    softmax = RowSoftmax()
+
+    def weighted_sum(x):
+        return (softmax(x) * ms.Tensor(upstream)).sum()
+
+    grad_fn = ms.value_and_grad(weighted_sum)
+    grad_fn = ms.jit(grad_fn) if compiled else grad_fn
+    value, grad = grad_fn(ms.Tensor(x))
+    np.testing.assert_allclose(softmax(ms.Tensor(x)).asnumpy(), y, rtol=1e-5, atol=1e-7)
+    assert float(value.asnumpy()) == pytest.approx(float((upstream * y).sum()), rel=1e-5)
+    np.testing.assert_allclose(grad.asnumpy(), expected_grad, rtol=1e-4, atol=1e-6)
