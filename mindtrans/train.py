@@ -146,12 +146,14 @@ def clip_by_global_norm(grads, clip_norm: float):
     return tuple(grad * scale for grad in grads), ops.isfinite(norm)
 
 
-def make_train_step(model, optimizer, cfg: TrainConfig, loss_scaler=None):
+def make_train_step(model, optimizer, cfg: TrainConfig, loss_scaler=None, dynamic_shapes: bool = True):
     """One optimizer step: forward, label-smoothed loss, gradients, clipping, Adam update.
 
     src (B, Ls), tgt (B, Lt) ids -> (mean loss, NLL sum, real target tokens, grads finite).
     The update is skipped when a gradient is not finite (expected now and then under
     mixed precision, where the loss scaler then lowers its scale).
+    In graph mode one graph with symbolic (batch, length) dimensions serves every batch
+    shape; `dynamic_shapes=False` compiles a static graph per shape instead (see below).
     """
 
     def forward(src, tgt):
@@ -178,8 +180,10 @@ def make_train_step(model, optimizer, cfg: TrainConfig, loss_scaler=None):
 
     if cfg.mode == "pynative":
         return step
-    # Compile once for every batch shape: one graph with symbolic (batch, length) dims.
-    # A graph per bucket shape runs about as fast, but each costs ~15 s and ~2 GB to compile.
+    if not dynamic_shapes:
+        # On CPU a static graph runs ~15% faster, but compiling one takes ~20 s and each
+        # keeps its own ~1 GB of activation memory at 4096 tokens (benchmarks/bench_train.py --static-shapes).
+        return ms.jit(step)
     any_shape = ms.Tensor(shape=[None, None], dtype=ms.int32)
     return ms.jit(ms.enable_dynamic(src=any_shape, tgt=any_shape)(step))
 

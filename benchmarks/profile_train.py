@@ -1,0 +1,95 @@
+"""Where a training step's time goes: MindSpore's profiler over a few steps, per kernel type.
+
+Prints one JSON object: wall time per step, the kernels' summed time per step (and so
+the time spent outside kernels: launching, shape inference, memory management), and
+the kernel types that take the most time, each with its calls and share per step.
+
+    python benchmarks/profile_train.py [--preset small] [--steps 4] [--static-shapes]
+
+The steps are batches of the most common shape of a Multi30k epoch (256 x 16 at 4096
+tokens), after two warm-up steps; the profiler itself adds some time outside kernels. This is how the slow kernels in the README were found:
+broadcasting adds in `Linear`, the attention softmax's backward, per-tensor gradient checks.
+"""
+import argparse
+import csv
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from common import emit, multi30k_dir
+
+
+def kernel_table(profile_dir: Path) -> dict:
+    """op type -> (calls, total ms) from the profiler's CPU op summary."""
+    paths = list(profile_dir.glob("*/FRAMEWORK/cpu_op_type_info_*.csv"))
+    if not paths:
+        raise RuntimeError(f"the profiler wrote no CPU op summary under {profile_dir}")
+    table = {}
+    for row in csv.DictReader(paths[0].open()):
+        table[row["op_type"]] = (int(row["type_occurrences"]), float(row["total_compute_time"]))
+    return table
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--steps", type=int, default=4, help="profiled steps")
+    parser.add_argument("--batch-tokens", type=int, default=4096)
+    parser.add_argument("--static-shapes", action="store_true", help="a static graph instead of a dynamic-shape one")
+    parser.add_argument("--top", type=int, default=15, help="kernel types listed")
+    parser.add_argument("--out", help="also write the JSON report to this file")
+    args = parser.parse_args()
+
+    import mindspore as ms
+    from mindspore import nn
+    from mindspore.profiler import Profiler
+
+    from mindtrans.config import TransformerConfig
+    from mindtrans.data import load_split
+    from mindtrans.device import select_device
+    from mindtrans.model import Transformer
+    from mindtrans.train import TrainConfig, build_vocabs, make_batcher, make_train_step
+
+    device = select_device(verbose=False)
+    pairs = load_split(multi30k_dir(args.data_dir), "train")
+    src_vocab, tgt_vocab = build_vocabs(pairs, min_freq=2)
+    batcher = make_batcher(pairs, src_vocab, tgt_vocab, TrainConfig(batch_tokens=args.batch_tokens), shuffle=True)
+    plan = batcher.plan(0)
+    shapes = Counter(batcher.collate(indices)[0].shape for indices in plan)
+    shape = shapes.most_common(1)[0][0]
+    batches = [batcher.collate(indices) for indices in plan if batcher.collate(indices)[0].shape == shape]
+    batches = (batches * (args.steps + 2))[:args.steps + 2]
+
+    config = TransformerConfig.preset(args.preset).with_vocab(len(src_vocab), len(tgt_vocab))
+    ms.set_seed(0)
+    model = Transformer(config)
+    model.set_train(True)
+    optimizer = nn.Adam(model.trainable_params(), learning_rate=1e-4, beta1=0.9, beta2=0.98, eps=1e-9)
+    step = make_train_step(model, optimizer, TrainConfig(preset=args.preset), dynamic_shapes=not args.static_shapes)
+    for src, tgt in batches[:2]:  # compile and warm up
+        step(ms.Tensor(src), ms.Tensor(tgt))[0].asnumpy()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        profiler = Profiler(output_path=tmp)
+        start = time.perf_counter()
+        for src, tgt in batches[2:]:
+            step(ms.Tensor(src), ms.Tensor(tgt))[0].asnumpy()
+        wall = (time.perf_counter() - start) / args.steps
+        profiler.analyse()
+        table = kernel_table(Path(tmp))
+
+    kernel_ms = sum(total for _, total in table.values()) / args.steps
+    ranked = sorted(table.items(), key=lambda item: -item[1][1])[:args.top]
+    emit({"device": device, "preset": args.preset, "batch_shape": list(shape),
+          "graph": "static" if args.static_shapes else "dynamic shapes", "steps": args.steps,
+          "wall_ms_per_step": wall * 1e3, "kernel_ms_per_step": kernel_ms,
+          "outside_kernels_ms_per_step": wall * 1e3 - kernel_ms,
+          "kernels": [{"op": op, "calls_per_step": calls / args.steps, "ms_per_step": total / args.steps,
+                       "share_of_kernel_time": total / args.steps / kernel_ms} for op, (calls, total) in ranked]},
+         args.out)
+
+
+if __name__ == "__main__":
+    main()
