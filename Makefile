@@ -54,6 +54,7 @@ lab: $(STAMP)
 # Decoding is timed on lesson 04's trained model when it exists (an untrained one otherwise).
 bench: $(STAMP)
 	$(PY) benchmarks/bench_train.py --out benchmarks/results/bench_train.json
+	$(PY) benchmarks/profile_train.py --out benchmarks/results/profile_train.json
 	$(PY) benchmarks/bench_decode.py $(if $(wildcard runs/04_translation/model.ckpt),--bundle runs/04_translation) \
 		--out benchmarks/results/bench_decode.json
 
