@@ -11,11 +11,12 @@ class Linear(nn.Cell):
     """y = x W^T + b on the last axis: (..., in_features) -> (..., out_features).
 
     Xavier-uniform weights and zero bias, as in the paper's reference code. Like
-    `nn.Dense`, but the bias is first broadcast to the output's shape and then added:
-    MindSpore's CPU Add kernel broadcasting (N, out) + (out,) itself is ~5x slower than
-    a same-shape add, and in a dynamic-shape graph (the train step) ~20x, which made
-    bias adds 12% of a `small` training step. The 2-D MatMul primitive avoids the slow
-    generic path of `ops.matmul` in PyNative mode.
+    `nn.Dense`, but the bias is spread over the rows by an outer product, ones (N, 1)
+    times bias (1, out), and then added to a tensor of the same shape. In a dynamic-shape
+    CPU graph (the train step) MindSpore adds (N, out) + (out,) by broadcasting ~20x
+    slower than a same-shape add, and BroadcastTo is ~15x slower than the outer product;
+    the outer product's gradient is a matmul too, instead of a column sum. The 2-D
+    MatMul primitive avoids the slow generic path of `ops.matmul` in PyNative mode.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True):
@@ -24,11 +25,13 @@ class Linear(nn.Cell):
         self.weight = Parameter(initializer(XavierUniform(), (out_features, in_features), ms.float32), name="weight")
         self.bias = Parameter(initializer("zeros", (out_features,), ms.float32), name="bias") if bias else None
         self.matmul = ops.MatMul(transpose_b=True)
+        self.outer = ops.MatMul()
 
     def construct(self, x):
-        y = self.matmul(x.reshape(-1, self.in_features), self.weight)
+        rows = x.reshape(-1, self.in_features)
+        y = self.matmul(rows, self.weight)
         if self.bias is not None:
-            y = y + ops.broadcast_to(self.bias, y.shape)
+            y = y + self.outer(ops.ones((rows.shape[0], 1), y.dtype), self.bias.reshape(1, -1).astype(y.dtype))
         return y.reshape(x.shape[:-1] + (self.out_features,))
 
 
