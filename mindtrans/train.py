@@ -181,8 +181,9 @@ def make_train_step(model, optimizer, cfg: TrainConfig, loss_scaler=None, dynami
     if cfg.mode == "pynative":
         return step
     if not dynamic_shapes:
-        # On CPU a static graph runs ~15% faster, but compiling one takes ~20 s and each
-        # keeps its own ~1 GB of activation memory at 4096 tokens (benchmarks/bench_train.py --static-shapes).
+        # On CPU a static graph spends less time outside its kernels (benchmarks/profile_train.py),
+        # but compiling one takes ~20 s and each keeps its own ~1 GB of activations at 4096
+        # tokens: 7.4 GB for an epoch's six shapes (benchmarks/bench_train.py --static-shapes).
         return ms.jit(step)
     any_shape = ms.Tensor(shape=[None, None], dtype=ms.int32)
     return ms.jit(ms.enable_dynamic(src=any_shape, tgt=any_shape)(step))
