@@ -14,7 +14,8 @@ import argparse
 import time
 
 import numpy as np
-from common import emit, mindspore_sgemm_gflops, multi30k_dir, numpy_sgemm_gflops, peak_rss_gb
+from common import (emit, mindspore_sgemm_gflops, multi30k_train_batcher, numpy_sgemm_gflops, peak_rss_gb,
+                    preset_train_step)
 
 
 def train_flops(config, batch: int, length: int) -> float:
@@ -35,18 +36,8 @@ def train_flops(config, batch: int, length: int) -> float:
 
 def bench_preset(preset, batcher, src_vocab, tgt_vocab, steps: int, full_epoch: bool, dynamic_shapes: bool) -> dict:
     import mindspore as ms
-    from mindspore import nn
 
-    from mindtrans.config import TransformerConfig
-    from mindtrans.model import Transformer
-    from mindtrans.train import TrainConfig, make_train_step
-
-    config = TransformerConfig.preset(preset).with_vocab(len(src_vocab), len(tgt_vocab))
-    ms.set_seed(0)
-    model = Transformer(config)
-    model.set_train(True)
-    optimizer = nn.Adam(model.trainable_params(), learning_rate=1e-4, beta1=0.9, beta2=0.98, eps=1e-9)
-    step = make_train_step(model, optimizer, TrainConfig(preset=preset), dynamic_shapes=dynamic_shapes)
+    config, step = preset_train_step(preset, src_vocab, tgt_vocab, dynamic_shapes)
 
     plan = batcher.plan(0)
     started = time.perf_counter()
@@ -89,14 +80,10 @@ def main():
     parser.add_argument("--out", help="also write the JSON report to this file")
     args = parser.parse_args()
 
-    from mindtrans.data import load_split
     from mindtrans.device import cpu_threads, select_device
-    from mindtrans.train import TrainConfig, build_vocabs, make_batcher
 
     device = select_device(verbose=False)
-    pairs = load_split(multi30k_dir(args.data_dir), "train")
-    src_vocab, tgt_vocab = build_vocabs(pairs, min_freq=2)
-    batcher = make_batcher(pairs, src_vocab, tgt_vocab, TrainConfig(batch_tokens=args.batch_tokens), shuffle=True)
+    batcher, src_vocab, tgt_vocab = multi30k_train_batcher(args.data_dir, args.batch_tokens)
     report = {"device": device, "threads": cpu_threads(), "batch_tokens": args.batch_tokens,
               "graph": "static per shape" if args.static_shapes else "dynamic shapes",
               "padding_ratio": batcher.padding_ratio(0), "numpy_sgemm_gflops": numpy_sgemm_gflops(),

@@ -20,6 +20,34 @@ def multi30k_dir(data_dir) -> Path:
     return Path(data_dir)
 
 
+def multi30k_train_batcher(data_dir, batch_tokens: int):
+    """(shuffled training batcher, source vocab, target vocab) for Multi30k, as training builds them."""
+    from mindtrans.data import load_split
+    from mindtrans.train import TrainConfig, build_vocabs, make_batcher
+
+    pairs = load_split(multi30k_dir(data_dir), "train")
+    src_vocab, tgt_vocab = build_vocabs(pairs, min_freq=2)
+    batcher = make_batcher(pairs, src_vocab, tgt_vocab, TrainConfig(batch_tokens=batch_tokens), shuffle=True)
+    return batcher, src_vocab, tgt_vocab
+
+
+def preset_train_step(preset: str, src_vocab, tgt_vocab, dynamic_shapes: bool = True):
+    """(model config, compiled train step) for a fresh `preset` model with training's Adam settings."""
+    import mindspore as ms
+    from mindspore import nn
+
+    from mindtrans.config import TransformerConfig
+    from mindtrans.model import Transformer
+    from mindtrans.train import TrainConfig, make_train_step
+
+    config = TransformerConfig.preset(preset).with_vocab(len(src_vocab), len(tgt_vocab))
+    ms.set_seed(0)
+    model = Transformer(config)
+    model.set_train(True)
+    optimizer = nn.Adam(model.trainable_params(), learning_rate=1e-4, beta1=0.9, beta2=0.98, eps=1e-9)
+    return config, make_train_step(model, optimizer, TrainConfig(preset=preset), dynamic_shapes=dynamic_shapes)
+
+
 def numpy_sgemm_gflops(n: int = 2048, repeats: int = 5) -> float:
     """Best-of-`repeats` float32 matrix-multiply rate of NumPy's BLAS (GFLOP/s)."""
     a = np.random.rand(n, n).astype(np.float32)

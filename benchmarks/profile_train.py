@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from common import emit, multi30k_dir
+from common import emit, multi30k_train_batcher, preset_train_step
 
 
 def kernel_table(profile_dir: Path) -> dict:
@@ -43,31 +43,18 @@ def main():
     args = parser.parse_args()
 
     import mindspore as ms
-    from mindspore import nn
     from mindspore.profiler import Profiler
 
-    from mindtrans.config import TransformerConfig
-    from mindtrans.data import load_split
     from mindtrans.device import select_device
-    from mindtrans.model import Transformer
-    from mindtrans.train import TrainConfig, build_vocabs, make_batcher, make_train_step
 
     device = select_device(verbose=False)
-    pairs = load_split(multi30k_dir(args.data_dir), "train")
-    src_vocab, tgt_vocab = build_vocabs(pairs, min_freq=2)
-    batcher = make_batcher(pairs, src_vocab, tgt_vocab, TrainConfig(batch_tokens=args.batch_tokens), shuffle=True)
-    plan = batcher.plan(0)
-    shapes = Counter(batcher.collate(indices)[0].shape for indices in plan)
-    shape = shapes.most_common(1)[0][0]
-    batches = [batcher.collate(indices) for indices in plan if batcher.collate(indices)[0].shape == shape]
+    batcher, src_vocab, tgt_vocab = multi30k_train_batcher(args.data_dir, args.batch_tokens)
+    epoch = [batcher.collate(indices) for indices in batcher.plan(0)]
+    shape = Counter(src.shape for src, _ in epoch).most_common(1)[0][0]
+    batches = [(src, tgt) for src, tgt in epoch if src.shape == shape]
     batches = (batches * (args.steps + 2))[:args.steps + 2]
 
-    config = TransformerConfig.preset(args.preset).with_vocab(len(src_vocab), len(tgt_vocab))
-    ms.set_seed(0)
-    model = Transformer(config)
-    model.set_train(True)
-    optimizer = nn.Adam(model.trainable_params(), learning_rate=1e-4, beta1=0.9, beta2=0.98, eps=1e-9)
-    step = make_train_step(model, optimizer, TrainConfig(preset=args.preset), dynamic_shapes=not args.static_shapes)
+    _, step = preset_train_step(args.preset, src_vocab, tgt_vocab, dynamic_shapes=not args.static_shapes)
     for src, tgt in batches[:2]:  # compile and warm up
         step(ms.Tensor(src), ms.Tensor(tgt))[0].asnumpy()
 
