@@ -20,19 +20,22 @@ def multi30k_dir(data_dir) -> Path:
     return Path(data_dir)
 
 
-def multi30k_train_batcher(data_dir, batch_tokens: int):
-    """(shuffled training batcher, source vocab, target vocab) for Multi30k, as training builds them."""
+def multi30k_train_batcher(data_dir, batch_tokens: int, packed: bool = True):
+    """(shuffled training batcher, source vocab, target vocab) for Multi30k, as training builds them:
+    packed rows by default, length buckets with `packed=False`."""
     from mindtrans.data import load_split
     from mindtrans.train import TrainConfig, build_vocabs, make_batcher
 
     pairs = load_split(multi30k_dir(data_dir), "train")
     src_vocab, tgt_vocab = build_vocabs(pairs, min_freq=2)
-    batcher = make_batcher(pairs, src_vocab, tgt_vocab, TrainConfig(batch_tokens=batch_tokens), shuffle=True)
+    batcher = make_batcher(pairs, src_vocab, tgt_vocab, TrainConfig(batch_tokens=batch_tokens), shuffle=True,
+                           packed=packed)
     return batcher, src_vocab, tgt_vocab
 
 
-def preset_train_step(preset: str, src_vocab, tgt_vocab, dynamic_shapes: bool = True):
-    """(model config, compiled train step) for a fresh `preset` model with training's Adam settings."""
+def preset_train_step(preset: str, src_vocab, tgt_vocab, dynamic_shapes: bool = True, packed: bool = False):
+    """(model config, compiled train step) for a fresh `preset` model with training's Adam settings;
+    see `make_train_step` for `dynamic_shapes` and `packed`."""
     import mindspore as ms
     from mindspore import nn
 
@@ -45,7 +48,13 @@ def preset_train_step(preset: str, src_vocab, tgt_vocab, dynamic_shapes: bool = 
     model = Transformer(config)
     model.set_train(True)
     optimizer = nn.Adam(model.trainable_params(), learning_rate=1e-4, beta1=0.9, beta2=0.98, eps=1e-9)
-    return config, make_train_step(model, optimizer, TrainConfig(preset=preset), dynamic_shapes=dynamic_shapes)
+    return config, make_train_step(model, optimizer, TrainConfig(preset=preset), dynamic_shapes=dynamic_shapes,
+                                   packed=packed)
+
+
+def batch_pairs(batch) -> np.ndarray:
+    """The pair indices of a planned batch: a bucket batch's index array, or a packed batch's rows."""
+    return np.asarray(batch) if np.ndim(batch[0]) == 0 else np.fromiter((i for row in batch for i in row), int)
 
 
 def numpy_sgemm_gflops(n: int = 2048, repeats: int = 5) -> float:

@@ -4,11 +4,15 @@ Prints one JSON object: wall time per step, the kernels' summed time per step (a
 the time spent outside kernels: launching, shape inference, memory management), and
 the kernel types that take the most time, each with its calls and share per step.
 
-    python benchmarks/profile_train.py [--preset small] [--steps 4] [--static-shapes]
+    python benchmarks/profile_train.py [--preset small] [--steps 4] [--bucketed [--static-shapes]]
 
-The steps are batches of the most common shape of a Multi30k epoch (256 x 16 at 4096
-tokens), after two warm-up steps; the profiler itself adds some time outside kernels. This is how the slow kernels in the README were found:
-broadcasting adds in `Linear`, the attention softmax's backward, per-tensor gradient checks.
+The steps are packed batches of a Multi30k epoch, as training makes them (85 rows x 48
+at 4096 tokens), after two warm-up steps; with `--bucketed`, padded batches of the
+epoch's most common bucket shape (256 x 16) through one dynamic-shape graph, or with
+`--static-shapes` a static one. The profiler itself adds some time outside kernels.
+This is how the slow kernels in the README were found (broadcasting adds in `Linear`,
+the attention softmax's backward, per-tensor gradient checks) and how the dynamic-shape
+graph's time outside kernels showed that packing pays.
 """
 import argparse
 import csv
@@ -37,7 +41,9 @@ def main():
     parser.add_argument("--preset", default="small")
     parser.add_argument("--steps", type=int, default=4, help="profiled steps")
     parser.add_argument("--batch-tokens", type=int, default=4096)
-    parser.add_argument("--static-shapes", action="store_true", help="a static graph instead of a dynamic-shape one")
+    parser.add_argument("--bucketed", action="store_true", help="length-bucketed batches instead of packed rows")
+    parser.add_argument("--static-shapes", action="store_true",
+                        help="with --bucketed: a static graph instead of a dynamic-shape one")
     parser.add_argument("--top", type=int, default=15, help="kernel types listed")
     parser.add_argument("--out", help="also write the JSON report to this file")
     args = parser.parse_args()
@@ -47,30 +53,34 @@ def main():
 
     from mindtrans.device import select_device
 
+    if args.static_shapes and not args.bucketed:
+        parser.error("--static-shapes goes with --bucketed (packed batches always use one static graph)")
     device = select_device(verbose=False)
-    batcher, src_vocab, tgt_vocab = multi30k_train_batcher(args.data_dir, args.batch_tokens)
-    epoch = [batcher.collate(indices) for indices in batcher.plan(0)]
-    shape = Counter(src.shape for src, _ in epoch).most_common(1)[0][0]
-    batches = [(src, tgt) for src, tgt in epoch if src.shape == shape]
+    batcher, src_vocab, tgt_vocab = multi30k_train_batcher(args.data_dir, args.batch_tokens, packed=not args.bucketed)
+    epoch = [batcher.collate(batch) for batch in batcher.plan(0)]
+    shape = Counter(arrays[0].shape for arrays in epoch).most_common(1)[0][0]
+    batches = [arrays for arrays in epoch if arrays[0].shape == shape]
     batches = (batches * (args.steps + 2))[:args.steps + 2]
 
-    _, step = preset_train_step(args.preset, src_vocab, tgt_vocab, dynamic_shapes=not args.static_shapes)
-    for src, tgt in batches[:2]:  # compile and warm up
-        step(ms.Tensor(src), ms.Tensor(tgt))[0].asnumpy()
+    _, step = preset_train_step(args.preset, src_vocab, tgt_vocab, dynamic_shapes=not args.static_shapes,
+                                packed=not args.bucketed)
+    for arrays in batches[:2]:  # compile and warm up
+        step(*(ms.Tensor(a) for a in arrays))[0].asnumpy()
 
     with tempfile.TemporaryDirectory() as tmp:
         profiler = Profiler(output_path=tmp)
         start = time.perf_counter()
-        for src, tgt in batches[2:]:
-            step(ms.Tensor(src), ms.Tensor(tgt))[0].asnumpy()
+        for arrays in batches[2:]:
+            step(*(ms.Tensor(a) for a in arrays))[0].asnumpy()
         wall = (time.perf_counter() - start) / args.steps
         profiler.analyse()
         table = kernel_table(Path(tmp))
 
     kernel_ms = sum(total for _, total in table.values()) / args.steps
     ranked = sorted(table.items(), key=lambda item: -item[1][1])[:args.top]
-    emit({"device": device, "preset": args.preset, "batch_shape": list(shape),
-          "graph": "static" if args.static_shapes else "dynamic shapes", "steps": args.steps,
+    graph = "dynamic shapes" if args.bucketed and not args.static_shapes else "static"
+    emit({"device": device, "preset": args.preset, "batches": "bucketed" if args.bucketed else "packed",
+          "batch_shape": list(shape), "graph": graph, "steps": args.steps,
           "wall_ms_per_step": wall * 1e3, "kernel_ms_per_step": kernel_ms,
           "outside_kernels_ms_per_step": wall * 1e3 - kernel_ms,
           "kernels": [{"op": op, "calls_per_step": calls / args.steps, "ms_per_step": total / args.steps,

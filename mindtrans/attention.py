@@ -28,6 +28,16 @@ def causal_mask(query_len: int, key_len: int = None):
     return (key_pos <= query_pos).reshape(1, 1, query_len, key_len)
 
 
+def segment_mask(query_segments, key_segments):
+    """(B, Lq), (B, Lk) segment ids -> (B, 1, Lq, Lk) bool: the key is in the query's segment.
+
+    For rows that pack several sentences (`mindtrans.data.PackedBatcher`): segment k > 0
+    is the row's k-th sentence and 0 is padding, which no query may see.
+    """
+    same = query_segments.expand_dims(2) == key_segments.expand_dims(1)
+    return ops.logical_and(same, (key_segments != 0).expand_dims(1)).expand_dims(1)
+
+
 def masked_fill_value(dtype):
     """A score that softmax turns into an exact zero, representable in `dtype`."""
     return -6.0e4 if dtype == ms.float16 else -1.0e9

@@ -32,6 +32,10 @@ def add_train_arguments(parser):
     parser.add_argument("--accum-steps", type=int, default=d.accum_steps,
                         help="batches per optimizer step (gradient accumulation), on each worker: the global batch "
                              "is batch-tokens x accum-steps x workers (default: %(default)s)")
+    parser.add_argument("--no-pack", dest="pack", action="store_false",
+                        help="pad each batch to a bucket length instead of packing several sentences per row (packing "
+                             "gives every batch one shape, so one static graph; it needs one process and "
+                             "--accum-steps 1)")
     parser.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (default: %(default)s)")
     parser.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="default: %(default)s")
     parser.add_argument("--schedule", default=d.schedule, choices=SCHEDULES, help="decay after warm-up")
@@ -54,8 +58,8 @@ def train_config_from(args):
     from mindtrans.train import TrainConfig
 
     return TrainConfig(preset=args.preset, corpus=args.corpus, epochs=args.epochs, max_steps=args.max_steps,
-                       max_minutes=args.max_minutes, batch_tokens=args.batch_tokens, accum_steps=args.accum_steps,
-                       lr=args.lr,
+                       max_minutes=args.max_minutes, batch_tokens=args.batch_tokens, pack=args.pack,
+                       accum_steps=args.accum_steps, lr=args.lr,
                        warmup_steps=args.warmup_steps, schedule=args.schedule, label_smoothing=args.label_smoothing,
                        clip_norm=args.clip_norm, dropout=args.dropout, seed=args.seed, amp=args.amp, mode=args.mode,
                        max_len=args.max_len, min_freq=args.min_freq,

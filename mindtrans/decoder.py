@@ -58,17 +58,21 @@ class Decoder(nn.Cell):
             cache += ((empty, empty) + layer.cross_attn.memory_cache(memory),)
         return cache
 
-    def construct(self, tgt, memory, src_mask=None, cache=None, position=None):
-        """tgt (B, Lt) ids, memory (B, Ls, D), src_mask (B, 1, 1, Ls).
+    def construct(self, tgt, memory, src_mask=None, cache=None, position=None, tgt_mask=None, positions=None):
+        """tgt (B, Lt) ids, memory (B, Ls, D), src_mask broadcastable to (B, 1, Lt, Ls).
 
         Without a cache, tgt is the whole (shifted) target and a causal mask hides the
         future. With the cache returned by a previous call, tgt holds only the new
         positions. With a cache from `init_cache` and `position` (int32 scalar tensor),
         tgt (B, 1) is the token at that position and every shape stays fixed from step to
-        step (memory may be None: the cache holds it). Returns hidden states (B, Lt, D),
+        step (memory may be None: the cache holds it). For rows that pack several
+        sentences, pass their self-attention mask `tgt_mask` (B, 1, Lt, Lt) and `positions`
+        (B, Lt), each token's position in its sentence. Returns hidden states (B, Lt, D),
         the new per-layer cache and the per-layer cross-attention weights.
         """
-        if position is not None:
+        if positions is not None:
+            x = self.positions.at(self.embed(tgt), positions)
+        elif position is not None:
             slots = cache[0][0].shape[2]
             tgt_mask = (ops.arange(slots) <= position).reshape(1, 1, 1, slots)  # the filled slots
             x = self.positions.at(self.embed(tgt), position)

@@ -18,7 +18,7 @@ class EncoderLayer(nn.Cell):
         self.ffn_residual = Residual(c.d_model, c.dropout, c.norm, c.norm_first, c.norm_eps)
 
     def construct(self, x, mask=None):
-        """x (B, L, D), mask (B, 1, 1, L) -> (B, L, D), self-attention weights (B, H, L, L)."""
+        """x (B, L, D), mask broadcastable to (B, 1, L, L) -> (B, L, D), self-attention weights (B, H, L, L)."""
         out, weights, _ = self.self_attn(self.attn_residual.sublayer_input(x), mask=mask)
         x = self.attn_residual.add(x, out)
         x = self.ffn_residual.add(x, self.ffn(self.ffn_residual.sublayer_input(x)))
@@ -35,9 +35,13 @@ class Encoder(nn.Cell):
         self.layers = nn.CellList([EncoderLayer(config) for _ in range(config.n_encoder_layers)])
         self.final_norm = make_norm(config.norm, config.d_model, config.norm_eps) if config.norm_first else None
 
-    def construct(self, src, src_mask=None):
-        """src (B, L) ids, src_mask (B, 1, 1, L) -> memory (B, L, D), per-layer weights."""
-        x = self.positions(self.embed(src))
+    def construct(self, src, src_mask=None, positions=None):
+        """src (B, L) ids, src_mask broadcastable to (B, 1, L, L) -> memory (B, L, D), per-layer weights.
+
+        `positions` (B, L) int32: each token's position in its sentence, for rows that pack
+        several sentences (the default is 0 .. L-1).
+        """
+        x = self.positions(self.embed(src)) if positions is None else self.positions.at(self.embed(src), positions)
         weights = ()
         for layer in self.layers:
             x, w = layer(x, src_mask)

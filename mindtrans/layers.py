@@ -62,9 +62,11 @@ class PositionalEncoding(nn.Cell):
                              f"{self.max_len}; build the model with a larger max_len or shorten the input")
         return self.dropout(x + self.table[offset:offset + length].astype(x.dtype))
 
-    def at(self, x, position):
-        """x (B, 1, D) at position `position` (an int32 scalar tensor, below max_len) -> (B, 1, D)."""
-        return self.dropout(x + ops.gather(self.table, position.reshape(1), 0).astype(x.dtype))
+    def at(self, x, positions):
+        """x (B, L, D) at the given positions, int32 (B, L) (rows that pack several sentences), or a
+        scalar tensor for one position (L = 1) -> (B, L, D). Positions must be below max_len."""
+        positions = positions if positions.ndim else positions.reshape(1)
+        return self.dropout(x + ops.gather(self.table, positions, 0).astype(x.dtype))
 
 
 class TokenEmbedding(nn.Cell):

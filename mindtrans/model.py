@@ -1,7 +1,7 @@
 """`Transformer`: encoder, decoder and the output projection to target-vocabulary logits."""
 from mindspore import nn, ops
 
-from mindtrans.attention import padding_mask
+from mindtrans.attention import causal_mask, padding_mask, segment_mask
 from mindtrans.config import TransformerConfig
 from mindtrans.decoder import Decoder
 from mindtrans.encoder import Encoder
@@ -44,6 +44,19 @@ class Transformer(nn.Cell):
         """
         hidden, cache, weights = self.decoder(tgt, memory, src_mask, cache, position)
         return self.project(hidden), cache, weights
+
+    def packed(self, src, src_segments, src_positions, tgt_in, tgt_segments, tgt_positions):
+        """Teacher forcing on rows that pack several sentence pairs (`mindtrans.data.PackedBatcher`).
+
+        All arguments (B, L*) int32: ids, segment ids (k > 0: the row's k-th pair, 0: padding)
+        and each token's position in its sentence. Attention stays inside a pair, so each
+        pair gets the logits it would get alone. Returns logits (B, Lt, V).
+        """
+        memory, _ = self.encoder(src, segment_mask(src_segments, src_segments), src_positions)
+        tgt_mask = ops.logical_and(segment_mask(tgt_segments, tgt_segments), causal_mask(tgt_in.shape[1]))
+        hidden, _, _ = self.decoder(tgt_in, memory, segment_mask(tgt_segments, src_segments), None, None, tgt_mask,
+                                    tgt_positions)
+        return self.project(hidden)
 
     def construct(self, src, tgt_in):
         """Teacher forcing: src (B, Ls), tgt_in (B, Lt) = <bos> y_1 .. y_{Lt-1} -> logits (B, Lt, V)."""

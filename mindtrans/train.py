@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from mindtrans import bundle, checkpoint, distributed
 from mindtrans.config import TransformerConfig
-from mindtrans.data import PAD, BucketBatcher, Vocab, encode_pairs, load_split, tokenize
+from mindtrans.data import PAD, BucketBatcher, PackedBatcher, Vocab, encode_pairs, load_split, tokenize
 from mindtrans.device import select_device
 from mindtrans.loss import label_smoothed_nll
 from mindtrans.model import Transformer
@@ -44,6 +44,7 @@ class TrainConfig:
     max_steps: int = 0          # stop after this many optimizer steps in total (0: no limit)
     max_minutes: float = 0.0    # stop after this much training time in this process (0: no limit)
     batch_tokens: int = 4096    # padded positions per side in one batch
+    pack: bool = True           # several sentences per row, one batch shape (single process, no accumulation)
     accum_steps: int = 1        # batches per optimizer step and worker (gradient accumulation)
     lr: float = 1e-3            # peak learning rate, reached at the end of warm-up
     warmup_steps: int = 400
@@ -118,9 +119,15 @@ def build_vocabs(train_pairs, min_freq: int) -> tuple:
     return src, tgt
 
 
-def make_batcher(pairs, src_vocab, tgt_vocab, cfg: TrainConfig, shuffle: bool, num_shards=1, shard_id=0):
-    """Encoded, length-bucketed batches; training drops ragged remainders so every batch shape repeats."""
+def make_batcher(pairs, src_vocab, tgt_vocab, cfg: TrainConfig, shuffle: bool, num_shards=1, shard_id=0,
+                 packed: bool = False):
+    """Encoded batches: length-bucketed (training drops ragged remainders so every batch shape
+    repeats), or with `packed` several pairs to a row in batches of one shape (`PackedBatcher`)."""
     encoded = encode_pairs(pairs, src_vocab, tgt_vocab, max_len=cfg.max_len)
+    if packed:
+        if num_shards != 1:
+            raise ValueError("packed batches are for a single process; shard bucketed batches instead")
+        return PackedBatcher(encoded, batch_tokens=cfg.batch_tokens, shuffle=shuffle, seed=cfg.seed)
     return BucketBatcher(encoded, batch_tokens=cfg.batch_tokens, max_len=cfg.max_len, shuffle=shuffle,
                          seed=cfg.seed, drop_remainder=shuffle, num_shards=num_shards, shard_id=shard_id)
 
@@ -146,7 +153,8 @@ def clip_by_global_norm(grads, clip_norm: float):
     return tuple(grad * scale for grad in grads), ops.isfinite(norm)
 
 
-def make_train_step(model, optimizer, cfg: TrainConfig, loss_scaler=None, dynamic_shapes: bool = True):
+def make_train_step(model, optimizer, cfg: TrainConfig, loss_scaler=None, dynamic_shapes: bool = True,
+                    packed: bool = False):
     """One optimizer step: forward, label-smoothed loss, gradients, clipping, Adam update.
 
     src (B, Ls), tgt (B, Lt) ids -> (mean loss, NLL sum, real target tokens, grads finite).
@@ -154,20 +162,28 @@ def make_train_step(model, optimizer, cfg: TrainConfig, loss_scaler=None, dynami
     mixed precision, where the loss scaler then lowers its scale).
     In graph mode one graph with symbolic (batch, length) dimensions serves every batch
     shape; `dynamic_shapes=False` compiles a static graph per shape instead (see below).
+    With `packed=True` the step takes the seven arrays of a `PackedBatcher` batch instead
+    of (src, tgt), and compiles one static graph: all those batches have one shape.
     """
 
-    def forward(src, tgt):
-        logits = model(src, tgt[:, :-1])
-        loss_sum, nll_sum, tokens = label_smoothed_nll(logits, tgt[:, 1:], cfg.label_smoothing, PAD)
+    def scaled_loss(logits, labels):
+        loss_sum, nll_sum, tokens = label_smoothed_nll(logits, labels, cfg.label_smoothing, PAD)
         loss = loss_sum / tokens
         if loss_scaler is not None:
             loss = loss_scaler.scale(loss)
         return loss, nll_sum, tokens
 
-    grad_fn = ms.value_and_grad(forward, None, optimizer.parameters, has_aux=True)
+    def forward(src, tgt):
+        return scaled_loss(model(src, tgt[:, :-1]), tgt[:, 1:])
 
-    def step(src, tgt):
-        (loss, nll_sum, tokens), grads = grad_fn(src, tgt)
+    def packed_forward(src, src_segments, src_positions, tgt_in, tgt_segments, tgt_positions, labels):
+        return scaled_loss(model.packed(src, src_segments, src_positions, tgt_in, tgt_segments, tgt_positions),
+                           labels)
+
+    grad_fn = ms.value_and_grad(packed_forward if packed else forward, None, optimizer.parameters, has_aux=True)
+
+    def step(*batch):
+        (loss, nll_sum, tokens), grads = grad_fn(*batch)
         if loss_scaler is not None:
             loss = loss_scaler.unscale(loss)
             grads = loss_scaler.unscale(grads)
@@ -180,13 +196,18 @@ def make_train_step(model, optimizer, cfg: TrainConfig, loss_scaler=None, dynami
 
     if cfg.mode == "pynative":
         return step
-    if not dynamic_shapes:
-        # On CPU a static graph spends less time outside its kernels (benchmarks/profile_train.py),
-        # but compiling one takes ~20 s and each keeps its own ~1 GB of activations at 4096
-        # tokens: 7.4 GB for an epoch's six shapes (benchmarks/bench_train.py --static-shapes).
+    if packed or not dynamic_shapes:
+        # On CPU a static graph spends much less time outside its kernels than a dynamic-shape
+        # one (benchmarks/profile_train.py), but compiling one takes ~20 s and each keeps its
+        # own ~1 GB of activations at 4096 tokens: 7.4 GB for the six bucket shapes of an
+        # epoch (benchmarks/bench_train.py --bucketed --static-shapes), 2.8 GB for packed rows.
         return ms.jit(step)
+
+    def bucketed_step(src, tgt):
+        return step(src, tgt)
+
     any_shape = ms.Tensor(shape=[None, None], dtype=ms.int32)
-    return ms.jit(ms.enable_dynamic(src=any_shape, tgt=any_shape)(step))
+    return ms.jit(ms.enable_dynamic(src=any_shape, tgt=any_shape)(bucketed_step))
 
 
 def target_tokens(tgt: np.ndarray) -> int:
@@ -481,6 +502,7 @@ def train(data_dir, out, cfg: TrainConfig = None, resume: bool = False, verbose:
                                            f"the run directory at the same path, on shared storage or copied)")
             raise FileNotFoundError(f"nothing to resume: {out / 'latest.ckpt'} does not exist{where}")
         saved_cfg = json.loads((out / "train_config.json").read_text())["train"]
+        saved_cfg.setdefault("pack", False)  # runs saved before packing existed: bucketed batches
         if cfg is not None:
             saved_cfg.update({name: getattr(cfg, name) for name in RESUME_OVERRIDES})
         cfg = TrainConfig.from_dict(saved_cfg)
@@ -497,9 +519,11 @@ def train(data_dir, out, cfg: TrainConfig = None, resume: bool = False, verbose:
         overrides = {"dropout": cfg.dropout} if cfg.dropout >= 0 else {}
         config = TransformerConfig.preset(cfg.preset, **overrides).with_vocab(len(src_vocab), len(tgt_vocab))
         config = TransformerConfig.from_dict({**config.to_dict(), "max_len": max(config.max_len, cfg.max_len)})
+    one_batch_per_step = cfg.accum_steps == 1 and world == 1
+    packed = cfg.pack and one_batch_per_step
     # Worker r of W takes batches r, r+W, r+2W, ... of each epoch's plan (the same plan everywhere).
     train_batches = make_batcher(train_pairs, src_vocab, tgt_vocab, cfg, shuffle=True, num_shards=world,
-                                 shard_id=rank)
+                                 shard_id=rank, packed=packed)
     val_batches = make_batcher(val_pairs, src_vocab, tgt_vocab, cfg, shuffle=False)
     batches_per_epoch = len(train_batches)  # in this worker's shard; the same in every shard
     if batches_per_epoch == 0:
@@ -517,9 +541,8 @@ def train(data_dir, out, cfg: TrainConfig = None, resume: bool = False, verbose:
     if use_amp(cfg, device):
         model = amp.auto_mixed_precision(model, "O2")
         loss_scaler = amp.DynamicLossScaler(scale_value=2.0 ** 16, scale_factor=2, scale_window=1000)
-    one_batch_per_step = cfg.accum_steps == 1 and world == 1
     if one_batch_per_step:  # the plain single-device step: nothing extra in the compiled graph
-        step_fn = make_train_step(model, optimizer, cfg, loss_scaler)
+        step_fn = make_train_step(model, optimizer, cfg, loss_scaler, packed=packed)
     else:
         step_fn = make_global_batch_step(model, optimizer, cfg, loss_scaler, world)
     state = training_state(model, optimizer, loss_scaler)
@@ -547,7 +570,10 @@ def train(data_dir, out, cfg: TrainConfig = None, resume: bool = False, verbose:
     if verbose:
         from mindtrans.params import count_parameters
 
-        if one_batch_per_step:
+        if packed:
+            batching = (f"{steps_per_epoch} batches of {train_batches.rows} packed rows x {train_batches.length} "
+                        f"per epoch")
+        elif one_batch_per_step:
             batching = f"{steps_per_epoch} batches per epoch"
         else:
             batching = (f"{batches_per_epoch} batches per epoch and worker, {world} worker(s) x {cfg.accum_steps} "
@@ -587,8 +613,7 @@ def train(data_dir, out, cfg: TrainConfig = None, resume: bool = False, verbose:
                 for k in bar:
                     group = [next(batches) for _ in range(min(cfg.accum_steps, batches_per_epoch - k))]
                     if one_batch_per_step:
-                        src, tgt = group[0]
-                        loss, nll_sum, tokens, finite = step_fn(ms.Tensor(src), ms.Tensor(tgt))
+                        loss, nll_sum, tokens, finite = step_fn(*(ms.Tensor(array) for array in group[0]))
                         loss_value, n = float(loss.asnumpy()), float(tokens.asnumpy())
                         skipped = loss_scaler is None and not bool(finite.asnumpy())
                         stop_requested = signals.requested
