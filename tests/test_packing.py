@@ -8,6 +8,7 @@ from mindspore import nn
 
 from mindtrans import checkpoint
 from mindtrans.attention import segment_mask
+from mindtrans.corpus import write_synthetic
 from mindtrans.data import BOS, EOS, PAD, BucketBatcher, PackedBatcher
 from mindtrans.model import Transformer
 from mindtrans.train import TrainConfig, make_train_step, train
@@ -155,13 +156,20 @@ def test_packed_train_step_equals_the_bucketed_step_on_the_same_pairs(tiny_confi
 
 
 # --------------------------------------------------------------------------- training
-def test_packed_training_resumes_exactly(tmp_path):
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    write_synthetic(root, n_train=96, n_val=16, n_test=16)
+    return root
+
+
+def test_packed_training_resumes_exactly(data_dir, tmp_path):
     cfg = TrainConfig(preset="tiny", corpus="synthetic", epochs=2, batch_tokens=64, max_len=8, min_freq=1,
                       warmup_steps=4, dropout=0.0, seed=0)
-    data_dir = tmp_path / "data"
     full = train(data_dir, tmp_path / "full", cfg, verbose=False)
+    assert full["steps"] >= 6
     steps_per_epoch = full["steps"] // 2
-    train(data_dir, tmp_path / "resumed", dataclasses.replace(cfg, max_steps=steps_per_epoch + 1), verbose=False)
+    train(data_dir, tmp_path / "resumed", dataclasses.replace(cfg, max_steps=steps_per_epoch // 2), verbose=False)
     resumed = train(data_dir, tmp_path / "resumed", dataclasses.replace(cfg, max_steps=0), resume=True,
                     verbose=False)
     assert resumed["steps"] == full["steps"]
@@ -171,7 +179,7 @@ def test_packed_training_resumes_exactly(tmp_path):
         np.testing.assert_allclose(a[name].asnumpy(), b[name].asnumpy(), rtol=0, atol=1e-6, err_msg=name)
 
 
-def test_runs_saved_before_packing_resume_with_bucketed_batches(tmp_path, monkeypatch):
+def test_runs_saved_before_packing_resume_with_bucketed_batches(data_dir, tmp_path, monkeypatch):
     import json
 
     from mindtrans import train as train_module
@@ -179,7 +187,7 @@ def test_runs_saved_before_packing_resume_with_bucketed_batches(tmp_path, monkey
     cfg = TrainConfig(preset="tiny", corpus="synthetic", epochs=1, batch_tokens=64, max_len=8, min_freq=1,
                       pack=False, max_steps=2)
     out = tmp_path / "run"
-    train(tmp_path / "data", out, cfg, verbose=False)
+    train(data_dir, out, cfg, verbose=False)
     saved = json.loads((out / "train_config.json").read_text())
     del saved["train"]["pack"]  # as written before packing existed
     (out / "train_config.json").write_text(json.dumps(saved))
@@ -191,7 +199,7 @@ def test_runs_saved_before_packing_resume_with_bucketed_batches(tmp_path, monkey
         return original(*args, packed=packed, **kwargs)
 
     monkeypatch.setattr(train_module, "make_batcher", recording_make_batcher)
-    summary = train(tmp_path / "data", out, dataclasses.replace(cfg, pack=True, max_steps=3), resume=True,
+    summary = train(data_dir, out, dataclasses.replace(cfg, pack=True, max_steps=3), resume=True,
                     verbose=False)
     assert summary["steps"] == 3
     assert packed_args and not any(packed_args)
