@@ -51,11 +51,13 @@ def train_command(train_args: dict, out: str) -> str:
     from mindtrans.train import TrainConfig
 
     defaults = asdict(TrainConfig())
+    train_args = {"pack": False, **train_args}  # runs saved before packing existed used length buckets
     parts = ["mindtrans train"]
     for field in fields(TrainConfig):
         value = train_args.get(field.name, defaults[field.name])
+        flag = field.name.replace("_", "-")
         if value != defaults[field.name]:
-            parts.append(f"--{field.name.replace('_', '-')} {value}")
+            parts.append((f"--{flag}" if value else f"--no-{flag}") if isinstance(value, bool) else f"--{flag} {value}")
     parts.append(f"--out {out}")
     return " ".join(parts)
 
