@@ -19,8 +19,8 @@ import argparse
 import time
 
 import numpy as np
-from common import (batch_pairs, emit, mindspore_sgemm_gflops, multi30k_train_batcher, numpy_sgemm_gflops,
-                    peak_rss_gb, preset_train_step)
+from common import (add_batching_options, batch_pairs, emit, mindspore_sgemm_gflops, multi30k_train_batcher,
+                    numpy_sgemm_gflops, parse_batching_options, peak_rss_gb, preset_train_step)
 
 from mindtrans.data import PAD
 
@@ -99,19 +99,14 @@ def main():
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--presets", default="small,course")
     parser.add_argument("--steps", type=int, default=8, help="timed steps per preset")
-    parser.add_argument("--batch-tokens", type=int, default=4096)
     parser.add_argument("--no-epoch", action="store_true", help="skip the full-epoch timing of 'small'")
-    parser.add_argument("--bucketed", action="store_true", help="length-bucketed batches instead of packed rows")
-    parser.add_argument("--static-shapes", action="store_true",
-                        help="with --bucketed: a static graph per batch shape, not one dynamic-shape graph")
+    add_batching_options(parser)
     parser.add_argument("--out", help="also write the JSON report to this file")
-    args = parser.parse_args()
+    args = parse_batching_options(parser)
 
     from mindtrans.device import cpu_threads, select_device
 
     device = select_device(verbose=False)
-    if args.static_shapes and not args.bucketed:
-        parser.error("--static-shapes goes with --bucketed (packed batches always use one static graph)")
     batcher, src_vocab, tgt_vocab = multi30k_train_batcher(args.data_dir, args.batch_tokens, packed=not args.bucketed)
     graph = "one static graph" if not args.bucketed else (
         "static graph per shape" if args.static_shapes else "one dynamic-shape graph")

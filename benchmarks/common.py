@@ -33,6 +33,22 @@ def multi30k_train_batcher(data_dir, batch_tokens: int, packed: bool = True):
     return batcher, src_vocab, tgt_vocab
 
 
+def add_batching_options(parser) -> None:
+    """--batch-tokens, --bucketed and --static-shapes: how the train-step benchmarks batch and compile."""
+    parser.add_argument("--batch-tokens", type=int, default=4096)
+    parser.add_argument("--bucketed", action="store_true", help="length-bucketed batches instead of packed rows")
+    parser.add_argument("--static-shapes", action="store_true",
+                        help="with --bucketed: a static graph per batch shape, not one dynamic-shape graph")
+
+
+def parse_batching_options(parser):
+    """parser.parse_args(), refusing --static-shapes without --bucketed (packed rows are always one static graph)."""
+    args = parser.parse_args()
+    if args.static_shapes and not args.bucketed:
+        parser.error("--static-shapes goes with --bucketed (packed batches always use one static graph)")
+    return args
+
+
 def preset_train_step(preset: str, src_vocab, tgt_vocab, dynamic_shapes: bool = True, packed: bool = False):
     """(model config, compiled train step) for a fresh `preset` model with training's Adam settings;
     see `make_train_step` for `dynamic_shapes` and `packed`."""

@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from common import emit, multi30k_train_batcher, preset_train_step
+from common import add_batching_options, emit, multi30k_train_batcher, parse_batching_options, preset_train_step
 
 
 def kernel_table(profile_dir: Path) -> dict:
@@ -40,21 +40,16 @@ def main():
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--preset", default="small")
     parser.add_argument("--steps", type=int, default=4, help="profiled steps")
-    parser.add_argument("--batch-tokens", type=int, default=4096)
-    parser.add_argument("--bucketed", action="store_true", help="length-bucketed batches instead of packed rows")
-    parser.add_argument("--static-shapes", action="store_true",
-                        help="with --bucketed: a static graph instead of a dynamic-shape one")
+    add_batching_options(parser)
     parser.add_argument("--top", type=int, default=15, help="kernel types listed")
     parser.add_argument("--out", help="also write the JSON report to this file")
-    args = parser.parse_args()
+    args = parse_batching_options(parser)
 
     import mindspore as ms
     from mindspore.profiler import Profiler
 
     from mindtrans.device import select_device
 
-    if args.static_shapes and not args.bucketed:
-        parser.error("--static-shapes goes with --bucketed (packed batches always use one static graph)")
     device = select_device(verbose=False)
     batcher, src_vocab, tgt_vocab = multi30k_train_batcher(args.data_dir, args.batch_tokens, packed=not args.bucketed)
     epoch = [batcher.collate(batch) for batch in batcher.plan(0)]
