@@ -7,21 +7,36 @@ Layout written, and read by the rest of mindtrans::
     <data_dir>/multi30k/test2016.de  <data_dir>/multi30k/test2016.en     1000 lines
 
 Plain UTF-8 text, one sentence per line, byte-identical to the decompressed originals:
-every file is checked against the sha256 pinned in ``TEXT_SHA256``.
+every file is checked against the sha256 pinned in ``TEXT_SHA256``, whatever its container.
+A file that fails the check is reported with what differs (line count, CRLF, BOM, final
+newline, first differing block of 50 lines: see ``mindtrans.multi30k_digests``).
 
 Where the files come from, in this order:
 
-1. each ``--mirror`` (an ``http(s)://`` or ``file://`` URL, or a directory), then
-   ``BUILTIN_MIRRORS``;
-2. on each mirror, the per-file gzip of the Multi30k repository (``train.de.gz``,
-   ``test_2016_flickr.en.gz``, ...) first, then the WMT16 tarball holding the file
-   (``training.tar.gz``, ``validation.tar.gz``, ``mmt_task1_test2016.tar.gz``);
-3. each remote file with the ``download`` package, then ``wget`` (which reads the user's
+1. each ``--mirror``, then ``BUILTIN_MIRRORS`` (the course's ModelScope zip, then the
+   Multi30k repository on GitHub). ``parse_source`` tells two kinds of source apart:
+
+   - an *archive*: a zip or tar (``.zip``, ``.tar.gz``, ``.tgz``, ``.tar``) given as an
+     ``http(s)://`` or ``file://`` URL or a local file, or a URL whose query names one
+     (``...?Revision=master&FilePath=Multi30K.zip``). Its members become the six files by
+     name at any depth (``train.de``, ``val.de``, ``test2016.de``, ``test_2016_flickr.de``)
+     or by folder and extension, as the course reads its zip (``datasets/train/*.de``,
+     ``datasets/valid/*.en``, ``datasets/test/*.de``; also ``val``, ``dev``, ``test2016``);
+   - a *base* (a URL or directory): on it, the per-file gzip of the Multi30k repository
+     (``train.de.gz``, ``test_2016_flickr.en.gz``, ...) first, then the WMT16 tarball holding
+     the file (``training.tar.gz``, ``validation.tar.gz``, ``mmt_task1_test2016.tar.gz``);
+
+2. each remote file with the ``download`` package, then ``wget`` (which reads the user's
    wgetrc), then ``curl``.
 
-Downloads go to hidden temporary names in the target directory and only verified text
-is renamed into place, so an interrupted run never leaves a half-written file. TLS
-certificates are checked unless ``--insecure`` is given; the checksums always are.
+Archives are checked before anything is unpacked: a member with an absolute path, ``..``,
+a drive letter or a backslash, a link or special file, or two members for one output file
+refuse the whole archive. Only the members that become output files are unpacked, each at
+most about twice the size of its file (counted while streaming: headers are not trusted).
+Downloads and unpacked files go to hidden temporary names in the target directory and only
+verified text is renamed into place, so a refused archive or an interrupted run never
+leaves anything behind. TLS certificates are checked unless ``--insecure`` is given; the
+checksums always are.
 
 Command line: ``python data_scripts/fetch_multi30k.py --help`` (or ``mindtrans fetch``).
 """
@@ -38,15 +53,19 @@ import secrets
 import shutil
 import socket
 import ssl
+import stat
 import subprocess
 import sys
 import tarfile
 import urllib.parse
 import urllib.request
+import zipfile
 import zlib
 from collections import defaultdict
 from pathlib import Path, PureWindowsPath
-from typing import NamedTuple
+from typing import Callable, NamedTuple
+
+from mindtrans import multi30k_digests as digests
 
 DEFAULT_DATA_DIR = os.environ.get("MINDTRANS_DATA_DIR", "data")
 
@@ -75,10 +94,16 @@ TEXT_SHA256 = {
     "test2016.en": "399a4382932c1aadd3ceb9bef1008d388a64c76d4ae4e9d4728c6f4301cac182",
 }
 
-BUILTIN_MIRRORS = (
-    "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw",
-    "http://www.quest.dcs.shef.ac.uk/wmt16_files_mmt",
+# The course notebook's download: one zip (about 1.4 MB) holding datasets/{train,valid,test}/.
+MODELSCOPE_ZIP = (
+    "https://modelscope.cn/api/v1/datasets/SelinaRR/Multi30K/repo"
+    "?Revision=master&FilePath=Multi30K.zip"
 )
+BUILTIN_MIRRORS = (  # reachable from mainland China first; GitHub often is not
+    MODELSCOPE_ZIP,
+    "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw",
+)
+ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz", ".tar")
 TOOLS = ("download", "wget", "curl")  # tried in this order for every remote file
 
 # Causes meaning "this tool cannot reach this mirror at all": stop asking it there.
@@ -91,6 +116,38 @@ class FetchError(RuntimeError):
 
 class _Failed(Exception):
     """One attempt failed; the message is its cause, e.g. "HTTP 404"."""
+
+
+class Source(NamedTuple):
+    """One mirror, as parse_source() reads it."""
+
+    kind: str  # "archive" (one zip or tar holding the texts) or "base" (gzips, tarballs)
+    location: str  # the URL or path, as given
+    archive: str = ""  # kind "archive": its file name, e.g. Multi30K.zip
+
+
+def parse_source(mirror):
+    """Tell a single archive from a base (a URL or directory of per-file gzips and tarballs).
+
+    An archive is a local file, or a path or URL ending in one of ARCHIVE_SUFFIXES, or a URL
+    whose query names such a file (ModelScope: ``...repo?Revision=master&FilePath=Multi30K.zip``).
+    """
+    mirror = str(mirror)
+    local = _local_path(mirror)
+    if local is not None:
+        if local.is_file() or (not local.is_dir() and _is_archive_name(local.name)):
+            return Source("archive", mirror, local.name)
+        return Source("base", mirror)
+    parsed = urllib.parse.urlparse(mirror)
+    for candidate in [parsed.path, *(value for _, value in urllib.parse.parse_qsl(parsed.query))]:
+        name = posixpath.basename(candidate)
+        if _is_archive_name(name):
+            return Source("archive", mirror, name)
+    return Source("base", mirror)
+
+
+def _is_archive_name(name):
+    return name.lower().endswith(ARCHIVE_SUFFIXES)
 
 
 def multi30k_dir(data_dir):
@@ -112,7 +169,8 @@ def env_mirrors() -> list:
 def fetch_multi30k(data_dir=DEFAULT_DATA_DIR, mirrors=(), insecure=False, timeout=10.0, log=print):
     """Make sure ``<data_dir>/multi30k`` holds the six verified files; return that directory.
 
-    `mirrors` (URLs or directories, or a single one) are tried before BUILTIN_MIRRORS.
+    `mirrors` (URLs, directories or archives, or a single one: see parse_source) are tried
+    before BUILTIN_MIRRORS.
     Raises FetchError when some file could not be obtained from any mirror.
     """
     if isinstance(mirrors, (str, os.PathLike)):
@@ -164,38 +222,43 @@ class _Run:
         self.tried_tarballs = set()
 
     def from_mirror(self, mirror):
-        """Try every missing file on one mirror: its gzip first, then its tarball."""
-        local = _local_dir(mirror)
+        """Try one mirror: an archive once, or on a base each missing file's gzip, then tarball."""
+        source = parse_source(mirror)
+        local = _local_path(source.location)
+        if local is None and not self.tools:
+            self._fail("-", source.location, "no download tool available (download, wget, curl)")
+            return
+        if source.kind == "archive":
+            self._get(source, None, self._from_archive)
+            return
         if local is not None and not local.is_dir():
             self._fail("local", str(local), "no such directory")
-            return
-        if local is None and not self.tools:
-            self._fail("-", mirror, "no download tool available (download, wget, curl)")
             return
         for name in list(self.missing):
             if name not in self.missing:  # delivered meanwhile by a tarball
                 continue
-            if local is None and self.cut_off[mirror] >= {tool for tool, _ in self.tools}:
-                self.log(f"  skipping the rest of {mirror}: unreachable")
+            if local is None and self.cut_off[source.location] >= {tool for tool, _ in self.tools}:
+                self.log(f"  skipping the rest of {source.location}: unreachable")
                 return
-            if self._get(mirror, gzip_name(name), lambda path: self._from_gzip(path, name)):
+            if self._get(source, gzip_name(name), lambda path: self._from_gzip(path, name)):
                 continue
             tarball = SPLITS[name.split(".")[0]].tarball
-            if (mirror, tarball) not in self.tried_tarballs:
-                self.tried_tarballs.add((mirror, tarball))
-                self._get(mirror, tarball, self._from_tarball)
+            if (source.location, tarball) not in self.tried_tarballs:
+                self.tried_tarballs.add((source.location, tarball))
+                self._get(source, tarball, self._from_archive)
 
-    def _get(self, mirror, filename, use):
-        """Obtain mirror/filename until ``use(path)`` accepts a copy; True on success."""
-        local = _local_dir(mirror)
+    def _get(self, source, filename, use):
+        """Obtain base/filename (the archive itself if None) until ``use(path)`` accepts it."""
+        local = _local_path(source.location)
         if local is not None:
-            path = local / filename
+            path = local / filename if filename else local
             return self._attempt("local", str(path), lambda: use(_existing(path))) is None
-        url = f"{mirror.rstrip('/')}/{filename}"
+        mirror = source.location
+        url = f"{mirror.rstrip('/')}/{filename}" if filename else mirror
         for tool, download_with in self.tools:
             if tool in self.cut_off[mirror]:
                 continue
-            part = _part_file(self.out, filename)
+            part = _part_file(self.out, filename or source.archive)
 
             def attempt():
                 download_with(url, part, self.insecure, self.timeout)
@@ -231,55 +294,51 @@ class _Run:
 
     def _from_gzip(self, path, name):
         try:
-            with gzip.open(path) as stream:
-                self._install(stream, name)
+            self._install([(name, gzip_name(name), lambda: gzip.open(path))])
         except (OSError, EOFError, zlib.error) as err:
             raise _Failed(_classify(str(err))) from err
 
-    def _from_tarball(self, path):
-        """Install every missing file the tarball holds, after checking all its members."""
+    def _from_archive(self, path):
+        """Install every missing file a zip or tar archive holds, after checking all its members."""
         try:
-            with tarfile.open(path, "r:*") as tar:
-                members = tar.getmembers()
-                for member in members:
-                    _check_member(member)
-                wanted = {
-                    posixpath.basename(m.name): m
-                    for m in members
-                    if m.isfile() and posixpath.basename(m.name) in self.missing
-                }
+            with _archive_members(path) as members:
+                chosen = _choose_members(members)
+                wanted = [(name, m.name, m.open) for name, m in chosen.items()]
+                wanted = [member for member in wanted if member[0] in self.missing]
                 if not wanted:
                     raise _Failed("archive holds none of the missing files")
-                problems = []
-                for name, member in wanted.items():
-                    try:
-                        self._install(tar.extractfile(member), name)
-                    except _Failed as err:
-                        problems.append(str(err))
-        except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
+                self._install(wanted)
+        except _BROKEN_ARCHIVE as err:
             raise _Failed(_classify(str(err))) from err
-        if problems:
-            raise _Failed("; ".join(problems))
 
-    def _install(self, stream, name):
-        """Write `stream` to <out>/<name> if its sha256 is the pinned one."""
-        part = _part_file(self.out, name)
+    def _install(self, members):
+        """Unpack each (name, label, open) to a hidden file, then move the verified ones into place.
+
+        A member unpacking past its size cap refuses them all and leaves nothing behind; a
+        checksum mismatch rejects only that file, with a diagnosis of what differs.
+        """
+        parts, verified, problems = {}, [], []
         try:
-            digest = hashlib.sha256()
-            with open(part, "wb") as f:
-                while chunk := stream.read(1 << 20):
-                    digest.update(chunk)
-                    f.write(chunk)
-            if digest.hexdigest() != TEXT_SHA256[name]:
-                raise _Failed(f"checksum mismatch for {name}")
-            os.replace(part, self.out / name)
+            for name, label, open_member in members:
+                part = parts[name] = _part_file(self.out, name)
+                with open_member() as stream:
+                    digest = _copy_capped(stream, part, _cap(name), f"{label} (for {name})")
+                if digest == TEXT_SHA256[name]:
+                    verified.append(name)
+                else:
+                    problems.append(f"checksum mismatch for {name}: {_diagnose(name, part)}")
+            for name in verified:
+                os.replace(parts[name], self.out / name)
+                self.missing.remove(name)
         finally:
-            part.unlink(missing_ok=True)
-        self.missing.remove(name)
+            for part in parts.values():
+                part.unlink(missing_ok=True)
+        if problems:
+            raise _Failed("\n      ".join(problems))
 
 
-def _local_dir(mirror):
-    """The directory a ``file://`` URL or plain path names; None for a remote URL."""
+def _local_path(mirror):
+    """The path a ``file://`` URL or plain path names; None for a remote URL."""
     parsed = urllib.parse.urlparse(mirror)
     if parsed.scheme == "file":
         return Path(urllib.request.url2pathname(parsed.path))
@@ -301,20 +360,212 @@ def _part_file(directory, name):
     return path
 
 
+# ---- archives: zip and tar members, checked the same way
+
+_BROKEN_ARCHIVE = (
+    zipfile.BadZipFile, tarfile.TarError, OSError, EOFError, zlib.error, NotImplementedError,
+)  # fmt: skip
+_FOLDERS = {  # the course's zip: datasets/train/, datasets/valid/, datasets/test/
+    "train": "train",
+    "valid": "val", "val": "val", "dev": "val",
+    "test": "test2016", "test2016": "test2016",
+}  # fmt: skip
+_KNOWN_NAMES = {  # train.de, test2016.de, test_2016_flickr.de, ... -> output name
+    f"{prefix}.{lang}": f"{split}.{lang}"
+    for split, where in SPLITS.items()
+    for prefix in (split, where.stem)
+    for lang in LANGS
+}
+
+
+class _Member(NamedTuple):
+    """An archive member as the checks see it, from a zip or a tar."""
+
+    name: str
+    kind: str  # "file", "dir", "link", "special" or "encrypted"
+    size: int  # what the header says: checked, never trusted
+    open: Callable  # () -> binary stream of its content
+
+
+@contextlib.contextmanager
+def _archive_members(path):
+    """Yield the members of the zip or tar archive at `path` (told apart by content)."""
+    with open(path, "rb") as f:
+        head = f.read(40)
+    if head.startswith(b"PK"):
+        with zipfile.ZipFile(path) as archive:
+            yield [_zip_member(archive, info) for info in archive.infolist()]
+        return
+    if not head:
+        raise _Failed("empty file")
+    try:
+        archive = tarfile.open(path, "r:*")
+    except tarfile.ReadError:
+        raise _Failed(f"not a zip or tar archive (starts with {head!r})") from None
+    with archive:
+        yield [_tar_member(archive, info) for info in archive.getmembers()]
+
+
+def _zip_member(archive, info):
+    mode = info.external_attr >> 16  # Unix mode, where the zip was made on Unix
+    if stat.S_ISLNK(mode):
+        kind = "link"
+    elif stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):
+        kind = "special"
+    elif info.flag_bits & 0x1:
+        kind = "encrypted"
+    else:
+        kind = "dir" if info.is_dir() else "file"
+    return _Member(info.filename, kind, info.file_size, lambda: archive.open(info))
+
+
+def _tar_member(archive, info):
+    if info.issym() or info.islnk():
+        kind = "link"
+    elif info.isfile():
+        kind = "file"
+    else:
+        kind = "dir" if info.isdir() else "special"
+    return _Member(info.name, kind, info.size, lambda: archive.extractfile(info))
+
+
 def _check_member(member):
-    """Refuse a tar member that could write outside the target or is not a plain file."""
+    """Refuse an archive member that could write outside the target or is not a plain file."""
     name = member.name
     if name.startswith(("/", "\\")) or PureWindowsPath(name).drive:
         reason = "absolute path"
-    elif ".." in re.split(r"[\\/]", name):
+    elif "\\" in name:
+        reason = "backslash in path"
+    elif ".." in name.split("/"):
         reason = "'..' in path"
-    elif member.issym() or member.islnk():
+    elif member.kind == "link":
         reason = "link"
-    elif not (member.isfile() or member.isdir()):
+    elif member.kind == "special":
         reason = "device, fifo or other special file"
+    elif member.kind == "encrypted":
+        reason = "encrypted"
     else:
         return
     raise _Failed(f"unsafe archive member {name!r} ({reason}); archive refused")
+
+
+def _choose_members(members):
+    """Check every member, then map the files among them to output names (see _output_name).
+
+    Refuses the archive for an unsafe member, two members for one output file, or a
+    member whose header announces more than that file's size cap.
+    """
+    for member in members:
+        _check_member(member)
+    chosen = {}
+    for member in members:
+        name = _output_name(member.name) if member.kind == "file" else None
+        if name is None:
+            continue
+        if name in chosen:
+            raise _Failed(
+                f"ambiguous archive: {chosen[name].name!r} and {member.name!r} could both be"
+                f" {name}; archive refused"
+            )
+        if member.size > _cap(name):
+            raise _Failed(
+                f"archive member {member.name!r} would unpack to {member.size} bytes, more than"
+                f" the {_cap(name)} allowed for {name}; archive refused"
+            )
+        chosen[name] = member
+    return chosen
+
+
+def _output_name(member_name):
+    """The output file an archive member becomes, or None.
+
+    A known name at any depth (train.de, val.en, test2016.de, test_2016_flickr.en), else
+    a ``.de``/``.en`` file in a folder named train, valid/val/dev or test/test2016, as in the
+    course's zip (``datasets/valid/<anything>.de``). Hidden files and ``__MACOSX`` are skipped.
+    """
+    parts = [part for part in member_name.split("/") if part not in ("", ".")]
+    if not parts or any(part.startswith(".") or part == "__MACOSX" for part in parts):
+        return None
+    if parts[-1] in _KNOWN_NAMES:
+        return _KNOWN_NAMES[parts[-1]]
+    stem, _, lang = parts[-1].rpartition(".")
+    folder = parts[-2].lower() if len(parts) > 1 else ""
+    if stem and lang in LANGS and folder in _FOLDERS:
+        return f"{_FOLDERS[folder]}.{lang}"
+    return None
+
+
+def _cap(name):
+    """The most bytes unpacked for one output file: twice its real size, plus 64 KiB."""
+    return 2 * digests.BYTES[name] + (1 << 16)
+
+
+def _copy_capped(stream, path, cap, label):
+    """Copy `stream` to `path`, refusing it before writing byte cap+1; return its sha256."""
+    digest, written = hashlib.sha256(), 0
+    with open(path, "wb") as f:
+        while chunk := stream.read(min(1 << 20, cap - written + 1)):
+            written += len(chunk)
+            if written > cap:
+                raise _Failed(f"{label} unpacks to more than {cap} bytes; refused")
+            digest.update(chunk)
+            f.write(chunk)
+    return digest.hexdigest()
+
+
+# ---- saying what differs when a checksum does not match
+
+
+def _diagnose(name, path):
+    """What differs between the file at `path` and the pinned text `name`, in one line.
+
+    Line count, then the usual culprits (BOM, CRLF, no final newline, not UTF-8), then the
+    first block of digests.BLOCK_LINES lines that differs once those are undone, quoting the
+    block's first line as served.
+    """
+    text, notes = path.read_bytes(), []
+    if text.startswith(b"\xef\xbb\xbf"):
+        notes.append("starts with a UTF-8 BOM")
+        text = text[3:]
+    if b"\r\n" in text:
+        notes.append("CRLF line endings")
+        text = text.replace(b"\r\n", b"\n")
+    if text and not text.endswith(b"\n"):
+        notes.append("no newline at the end")
+        text += b"\n"
+    try:
+        text.decode("utf-8")
+    except UnicodeDecodeError as err:
+        bad_line = text.count(b"\n", 0, err.start) + 1
+        notes.append(f"not UTF-8 (from line {bad_line})")
+    lines, expected = text.split(b"\n")[:-1], digests.LINES[name]
+    count = f"{len(lines)} lines, expected {expected}"
+    if len(lines) == expected:
+        count = f"{expected} lines as expected"
+    if hashlib.sha256(text).hexdigest() == TEXT_SHA256[name]:
+        return "; ".join([count, *notes, "otherwise identical"])
+    return "; ".join([count, *notes, _first_difference(name, lines)])
+
+
+def _first_difference(name, lines):
+    """Where the first block differing from the reference digests starts, and its first line.
+
+    E.g. "first difference in lines 951-1000: 'Ein Mann ...'" (the line as served).
+    """
+    size, reference = digests.BLOCK_LINES, digests.BLOCKS[name]
+    total = max(len(lines), digests.LINES[name])
+    for start in range(0, total, size):
+        block = b"".join(line + b"\n" for line in lines[start : start + size])
+        served = hashlib.sha256(block).hexdigest()[:8] if block else ""
+        index = 8 * (start // size)
+        if served != reference[index : index + 8]:
+            where = f"first difference in lines {start + 1}-{min(start + size, total)}"
+            if start >= len(lines):
+                return f"{where}: the file ends at line {len(lines)}"
+            first = lines[start].decode("utf-8", "replace")
+            quote = first if len(first) <= 40 else first[:40] + "..."
+            return f"{where}: {quote!r}"
+    return "no differing block found"
 
 
 # ---- the three download tools: each raises _Failed(cause) or leaves the file at `dest`
@@ -389,7 +640,7 @@ def _available_tools():
 # ---- turning error text into a short cause
 
 _HTTP_STATUS = re.compile(r"(?:HTTP Error|ERROR|returned error:) (\d{3})")
-_CAUSES = [  # first match wins; covers Python, wget, curl, gzip and tarfile messages
+_CAUSES = [  # first match wins; covers Python, wget, curl, gzip, tarfile and zipfile messages
     (
         r"certificate verify failed|cannot verify|certificate of .* not trusted"
         r"|SSL certificate problem",
@@ -405,6 +656,8 @@ _CAUSES = [  # first match wins; covers Python, wget, curl, gzip and tarfile mes
     ),
     (r"[Nn]ot a gzip", "not a gzip file"),
     (r"could not be opened successfully|invalid header", "not a tar archive"),
+    (r"File is not a zip file", "truncated or corrupt zip archive"),
+    (r"Bad CRC-32|Bad magic number|Truncated file header|Error -3 while", "corrupt data"),
 ]
 
 
@@ -431,7 +684,9 @@ def _failure_message(out, run):
         )
     lines += [
         "Two ways out:",
-        "  (a) download the files by hand (from any machine) into a directory DIR, either",
+        "  (a) download by hand (from any machine) either the course's zip",
+        f"      {MODELSCOPE_ZIP}",
+        "      and run again with --mirror PATH/TO/Multi30K.zip, or into a directory DIR",
         f"      the gzips {gzips}",
         f"      or the WMT16 tarballs {tarballs},",
         "      then run again with --mirror DIR;",
@@ -448,8 +703,9 @@ def add_fetch_arguments(parser):
         help="files go to DATA_DIR/multi30k (default: $MINDTRANS_DATA_DIR or 'data')",
     )  # fmt: skip
     parser.add_argument(
-        "--mirror", dest="mirrors", action="append", default=[], metavar="URL_OR_DIR",
-        help="http(s)://, file:// URL or directory to try before the built-in mirrors (repeatable; "
+        "--mirror", dest="mirrors", action="append", default=[], metavar="URL_OR_PATH",
+        help="http(s)://, file:// URL or path of a directory (of per-file gzips or WMT16 tarballs) "
+             "or of an archive (.zip, .tar.gz) to try before the built-in mirrors (repeatable; "
              "$MINDTRANS_MIRROR adds more)",
     )  # fmt: skip
     parser.add_argument(

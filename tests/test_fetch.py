@@ -5,19 +5,32 @@ import io
 import shutil
 import socket
 import ssl
+import stat
 import subprocess
 import tarfile
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
 
 from mindtrans import fetch
-from mindtrans.fetch import TEXT_SHA256, FetchError, fetch_multi30k, gzip_name, main
+from mindtrans.fetch import TEXT_SHA256, FetchError, Source, fetch_multi30k, gzip_name, main
+from mindtrans.fetch import parse_source
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "multi30k"
 NAMES = list(TEXT_SHA256)
+BUILTIN_MIRRORS = fetch.BUILTIN_MIRRORS  # as shipped: the `hermetic` fixture empties it
+COURSE_ZIP = {  # the course's Multi30K.zip: datasets/{train,valid,test}/, found by extension
+    "datasets/train/train.de": "train.de",
+    "datasets/train/train.en": "train.en",
+    "datasets/valid/valid.de": "val.de",
+    "datasets/valid/valid.en": "val.en",
+    "datasets/test/test.de": "test2016.de",
+    "datasets/test/test.en": "test2016.en",
+}
+MODELSCOPE_PATH = "api/v1/datasets/x/repo?Revision=master&FilePath=Multi30K.zip"
 TARBALL_MEMBERS = {  # WMT16 layout; one archive keeps its files in a subfolder
     "training.tar.gz": ["train.de", "train.en"],
     "validation.tar.gz": ["val.de", "val.en"],
@@ -65,6 +78,34 @@ def tarballs(texts):
         tarball: make_tarball([regular(m, texts[m.split("/")[-1]]) for m in members])
         for tarball, members in TARBALL_MEMBERS.items()
     }
+
+
+def make_zip(members):
+    """A zip (bytes) of (name-or-ZipInfo, data) pairs; names ending in / are folders."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        for info, data in members:
+            archive.writestr(info, data)
+    return buffer.getvalue()
+
+
+def course_members(texts, **replaced):
+    """(member, data) of the course's zip, plus a folder and a macOS leftover.
+
+    `replaced` maps output names to other data for their members.
+    """
+    members = [("datasets/", b""), ("__MACOSX/datasets/train/._train.de", b"\0\5\26\7")]
+    for member, name in COURSE_ZIP.items():
+        members.append((member, replaced.get(name, texts[name])))
+    return members
+
+
+def zip_special(name, mode, data=b""):
+    """A zip member carrying a Unix file type (symlink, fifo) in its external attributes."""
+    info = zipfile.ZipInfo(name)
+    info.create_system = 3  # Unix
+    info.external_attr = mode << 16
+    return info, data
 
 
 def write_dir(directory, files):
@@ -456,3 +497,270 @@ def test_add_fetch_arguments_matches_fetch_signature():
         ["--mirror", "a", "--mirror", "b", "--insecure", "--timeout", "3", "--data-dir", "d"]
     )
     assert vars(args) == {"data_dir": "d", "mirrors": ["a", "b"], "insecure": True, "timeout": 3.0}
+
+
+# ---- archives: the course's zip, ModelScope, safety, diagnostics ---------------------
+
+
+def test_builtin_sources_start_with_modelscope():
+    assert BUILTIN_MIRRORS[0] == fetch.MODELSCOPE_ZIP == (
+        "https://modelscope.cn/api/v1/datasets/SelinaRR/Multi30K/repo"
+        "?Revision=master&FilePath=Multi30K.zip"
+    )
+    assert parse_source(BUILTIN_MIRRORS[0]) == Source("archive", BUILTIN_MIRRORS[0], "Multi30K.zip")
+    assert [parse_source(m).kind for m in BUILTIN_MIRRORS[1:]] == ["base"]
+    assert "raw.githubusercontent.com/multi30k" in BUILTIN_MIRRORS[1]
+    assert not any("shef.ac.uk" in m for m in BUILTIN_MIRRORS)  # that server is gone
+
+
+def test_parse_source(tmp_path):
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "saved-by-wget").write_bytes(b"")  # e.g. repo?Revision=master&FilePath=...
+    cases = {
+        "https://host/a/Multi30K.zip": "archive",
+        "http://host/wmt16/training.tar.gz": "archive",
+        "https://host/x.tgz?token=1": "archive",
+        "https://host/repo?Revision=master&FilePath=data%2FMulti30K.zip": "archive",
+        "https://host/task1/raw": "base",
+        "https://host/task1/raw/": "base",
+        str(tmp_path / "dir"): "base",
+        (tmp_path / "dir").as_uri(): "base",
+        str(tmp_path / "saved-by-wget"): "archive",
+        str(tmp_path / "missing.zip"): "archive",  # fails later as "not found"
+        str(tmp_path / "missing"): "base",  # fails later as "no such directory"
+    }
+    assert {mirror: parse_source(mirror).kind for mirror in cases} == cases
+    assert parse_source("https://host/repo?FilePath=data%2FMulti30K.zip").archive == "Multi30K.zip"
+
+
+@pytest.mark.parametrize(
+    "member, name",
+    [
+        ("datasets/train/train.de", "train.de"),
+        ("datasets/valid/newstest.en", "val.en"),
+        ("./Dev/x.de", "val.de"),
+        ("datasets/test/test.de", "test2016.de"),
+        ("mmt16/test2016.en", "test2016.en"),
+        ("a/b/test_2016_flickr.de", "test2016.de"),
+        ("val.en", "val.en"),
+        ("datasets/train/train.fr", None),
+        ("datasets/other/x.de", None),
+        ("datasets/train/.hidden.de", None),
+        ("__MACOSX/datasets/train/._train.de", None),
+        ("datasets/train/", None),
+    ],
+)
+def test_output_name(member, name):
+    assert fetch._output_name(member) == name
+
+
+def test_course_zip_over_http(tmp_path, capsys, serve, texts):
+    url, server = serve({"Multi30K.zip": make_zip(course_members(texts))})
+    assert main(["--data-dir", str(tmp_path), "--mirror", f"{url}/Multi30K.zip"]) == 0
+    assert f"[download] {url}/Multi30K.zip: ok" in capsys.readouterr().out
+    assert set(server.requests) == {"/Multi30K.zip"}  # the archive only: no gzip is asked for
+    assert_fetched(tmp_path, texts)
+    assert leftovers(tmp_path) == []
+
+
+def test_modelscope_shaped_query_url(tmp_path, capsys, serve, texts):
+    url, server = serve({MODELSCOPE_PATH: make_zip(course_members(texts))})
+    assert main(["--data-dir", str(tmp_path), "--mirror", f"{url}/{MODELSCOPE_PATH}"]) == 0
+    assert f"[download] {url}/{MODELSCOPE_PATH}: ok" in capsys.readouterr().out
+    assert set(server.requests) == {f"/{MODELSCOPE_PATH}"}
+    assert_fetched(tmp_path, texts)
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("as_url", [False, True], ids=["path", "file-url"])
+def test_course_zip_local_path(tmp_path, capsys, texts, as_url):
+    archive = tmp_path / "Multi30K.zip"
+    archive.write_bytes(make_zip(course_members(texts)))
+    mirror = archive.as_uri() if as_url else str(archive)
+    assert main(["--data-dir", str(tmp_path / "data"), "--mirror", mirror]) == 0
+    assert f"[local] {archive}: ok" in capsys.readouterr().out
+    assert_fetched(tmp_path / "data", texts)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Multi30K.zip", "data"]
+    assert leftovers(tmp_path) == []
+
+
+def test_tarballs_as_archive_mirrors(tmp_path, tarballs, texts):
+    mirror = write_dir(tmp_path / "mirror", tarballs)
+    run(tmp_path / "data", [mirror / name for name in TARBALL_MEMBERS])
+    assert_fetched(tmp_path / "data", texts)
+
+
+def _unsafe_zip_members():
+    return {
+        "dotdot": ("../evil.de", ("../evil.de", b"evil\n")),
+        "absolute": ("/tmp/evil.de", ("/tmp/evil.de", b"evil\n")),
+        "drive": ("C:evil.de", ("C:evil.de", b"evil\n")),
+        "backslash": ("datasets\\..\\..\\evil.de", ("datasets\\..\\..\\evil.de", b"evil\n")),
+        "symlink": (
+            "datasets/valid/val.de",
+            zip_special("datasets/valid/val.de", stat.S_IFLNK | 0o777, b"/etc/passwd"),
+        ),
+        "fifo": ("datasets/pipe", zip_special("datasets/pipe", stat.S_IFIFO | 0o644)),
+    }
+
+
+@pytest.mark.parametrize("kind", list(_unsafe_zip_members()))
+def test_unsafe_zip_is_refused(tmp_path, texts, kind):
+    member_name, bad = _unsafe_zip_members()[kind]
+    archive = tmp_path / "evil" / "Multi30K.zip"
+    archive.parent.mkdir()
+    archive.write_bytes(make_zip(course_members(texts) + [bad]))  # the bad one comes last
+
+    message, _ = run_failing(tmp_path / "data", [archive])
+    assert f"[local] {archive}: unsafe archive member {member_name!r}" in message
+    assert "archive refused" in message
+    assert list(fetch.multi30k_dir(tmp_path / "data").iterdir()) == []  # not even the good ones
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "evil"]  # nothing outside
+    assert sorted(p.name for p in (tmp_path / "evil").iterdir()) == ["Multi30K.zip"]
+
+
+@pytest.mark.parametrize("kind", ["unsafe", "json"])
+def test_refused_remote_archive_leaves_nothing(tmp_path, serve, texts, kind):
+    if kind == "unsafe":
+        body = make_zip(course_members(texts) + [("../evil.de", b"evil\n")])
+        cause = "unsafe archive member '../evil.de' ('..' in path); archive refused"
+    else:  # what an API may answer, with status 200, instead of the file
+        body = b'{"Code":10010205,"Message":"file not found"}'
+        cause = f"not a zip or tar archive (starts with {body[:40]!r})"
+    url, _ = serve({MODELSCOPE_PATH: body})
+    message, _ = run_failing(tmp_path, [f"{url}/{MODELSCOPE_PATH}"])
+    for tool in ("download", "wget", "curl"):
+        assert f"[{tool}] {url}/{MODELSCOPE_PATH}: {cause}" in message
+    assert list(fetch.multi30k_dir(tmp_path).iterdir()) == []
+    assert leftovers(tmp_path) == []
+
+
+def test_ambiguous_zip_is_refused(tmp_path, texts):
+    members = course_members(texts) + [("datasets/dev/newstest.de", texts["val.de"])]
+    archive = write_dir(tmp_path / "m", {"Multi30K.zip": make_zip(members)}) / "Multi30K.zip"
+    message, _ = run_failing(tmp_path / "data", [archive])
+    assert (
+        "ambiguous archive: 'datasets/valid/valid.de' and 'datasets/dev/newstest.de' could both"
+        " be val.de; archive refused"
+    ) in message
+    assert list(fetch.multi30k_dir(tmp_path / "data").iterdir()) == []
+
+
+BOMB = b"\0" * (16 << 20)  # 16 MiB of zeros: 16 KiB deflated, far past val.de's cap
+
+
+def _lying_zip(members, claimed):
+    """A zip whose last member's headers claim `claimed` bytes instead of its real size."""
+    data = bytearray(make_zip(members))
+    real = len(members[-1][1]).to_bytes(4, "little")
+    local, central = data.rfind(b"PK\x03\x04"), data.rfind(b"PK\x01\x02")
+    for at in (local + 22, central + 24):  # uncompressed size, local header and central directory
+        assert data[at : at + 4] == real
+        data[at : at + 4] = claimed.to_bytes(4, "little")
+    return bytes(data)
+
+
+@pytest.mark.parametrize("kind", ["zip", "zip-lying-header", "gzip"])
+def test_bomb_is_refused_without_writing_past_the_cap(tmp_path, monkeypatch, texts, kind):
+    written = []  # (bytes in the temporary file, cap) for each member unpacked
+    copy = fetch._copy_capped
+
+    def spy(stream, path, cap, label):
+        try:
+            return copy(stream, path, cap, label)
+        finally:
+            written.append((path.stat().st_size, cap))
+
+    monkeypatch.setattr(fetch, "_copy_capped", spy)
+    members = [m for m in course_members(texts) if m[0] != "datasets/valid/valid.de"]
+    members.append(("datasets/valid/valid.de", BOMB))
+    mirror = tmp_path / "m"
+    if kind == "gzip":
+        write_dir(mirror, {"val.de.gz": gzip.compress(BOMB, compresslevel=1)})
+        cause = "val.de.gz (for val.de) unpacks to more than 217498 bytes; refused"
+    elif kind == "zip":
+        write_dir(mirror, {"Multi30K.zip": make_zip(members)})
+        cause = (
+            f"archive member 'datasets/valid/valid.de' would unpack to {len(BOMB)} bytes, more"
+            " than the 217498 allowed for val.de; archive refused"
+        )
+    else:  # the header claims the real size: zipfile stops there, and the CRC fails
+        write_dir(mirror, {"Multi30K.zip": _lying_zip(members, len(texts["val.de"]))})
+        cause = "corrupt data"
+    if kind != "gzip":
+        mirror = mirror / "Multi30K.zip"
+    start = time.monotonic()
+    message, _ = run_failing(tmp_path / "data", [mirror])
+    assert time.monotonic() - start < 5
+    assert cause in message
+    assert fetch._cap("val.de") == 217498
+    assert all(size <= cap for size, cap in written)
+    if kind == "zip":
+        assert written == []  # refused from its header, before unpacking anything
+    if kind == "gzip":
+        assert len(written) == 1  # no size in the header: refused while streaming
+    assert list(fetch.multi30k_dir(tmp_path / "data").iterdir()) == []
+
+
+def test_text_that_differs_is_diagnosed(tmp_path, capsys, texts):
+    val_de = texts["val.de"].split(b"\n")
+    val_de.insert(959, "Ein Mann mit einem zusätzlichen Satz.".encode())
+    replaced = {
+        "val.de": b"\n".join(val_de),  # one line too many, at line 960
+        "val.en": texts["val.en"].replace(b"\n", b"\r\n"),
+        "test2016.de": texts["test2016.de"][:-1],
+    }
+    archive = write_dir(tmp_path, {"Multi30K.zip": make_zip(course_members(texts, **replaced))})
+    data_dir = tmp_path / "data"
+    assert main(["--data-dir", str(data_dir), "--mirror", str(archive / "Multi30K.zip")]) == 1
+    message = capsys.readouterr().err
+    line_951 = texts["val.de"].split(b"\n")[950].decode()
+    assert (
+        f"checksum mismatch for val.de: 1015 lines, expected 1014;"
+        f" first difference in lines 951-1000: {line_951[:40] + '...'!r}"
+    ) in message
+    assert (
+        "checksum mismatch for val.en: 1014 lines as expected; CRLF line endings; otherwise"
+        " identical"
+    ) in message
+    assert (
+        "checksum mismatch for test2016.de: 1000 lines as expected; no newline at the end;"
+        " otherwise identical"
+    ) in message
+    out = fetch.multi30k_dir(data_dir)
+    assert sorted(p.name for p in out.iterdir()) == ["test2016.en", "train.de", "train.en"]
+    assert leftovers(tmp_path) == []
+
+
+def _edit_line(number, new):
+    def edit(text):
+        lines = text.split(b"\n")
+        lines[number - 1] = new
+        return b"\n".join(lines)
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "edit, diagnosis",
+    [
+        (lambda t: b"\xef\xbb\xbf" + t,
+         "1014 lines as expected; starts with a UTF-8 BOM; otherwise identical"),
+        (_edit_line(120, b"Ein Hund."),
+         "1014 lines as expected; first difference in lines 101-150: 'Ein älterer, "),
+        (_edit_line(1014, b"Ein Hund."), "first difference in lines 1001-1014: "),
+        (lambda t: t[: t.index(b"\n", 60000) + 1], ", expected 1014; first difference in lines "),
+        (lambda t: b"\n".join(t.split(b"\n")[:1000]) + b"\n",
+         "1000 lines, expected 1014; first difference in lines 1001-1014: the file ends at line"
+         " 1000"),
+        (lambda t: t.decode().encode("latin-1", "replace"),
+         "1014 lines as expected; not UTF-8 (from line 1);"),
+        (lambda t: b"",
+         "0 lines, expected 1014; first difference in lines 1-50: the file ends at line 0"),
+    ],
+    ids=["bom", "line-120", "last-line", "truncated", "short", "latin-1", "empty"],
+)  # fmt: skip
+def test_diagnose(tmp_path, texts, edit, diagnosis):
+    served = tmp_path / "served"
+    served.write_bytes(edit(texts["val.de"]))
+    assert diagnosis in fetch._diagnose("val.de", served)
