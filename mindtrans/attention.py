@@ -3,7 +3,6 @@
 Masks are boolean and broadcast against attention scores of shape
 (batch, heads, query_len, key_len): True means "may attend", False means "hidden".
 """
-import math
 
 import mindspore as ms
 from mindspore import nn, ops
@@ -73,7 +72,7 @@ def scaled_dot_product_attention(query, key, value, mask=None, dropout=None):
     broadcastable to (B, H, Lq, Lk). Returns output (B, H, Lq, d_v) and weights (B, H, Lq, Lk).
     The queries are scaled before the product, the same maths as scaling the scores.
     """
-    scores = _QUERY_KEY(query * (1.0 / math.sqrt(query.shape[-1])), key)
+    scores = _QUERY_KEY(query * query.shape[-1] ** -0.5, key)  # not math.sqrt: MindSpore 2.0 graphs make it an int
     if mask is not None:
         scores = ops.masked_fill(scores, ops.logical_not(mask), masked_fill_value(scores.dtype))
     # Softmax over a 2-D view: MindSpore's CPU kernels reduce the last axis of 2-D input ~2x faster.

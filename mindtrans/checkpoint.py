@@ -21,6 +21,8 @@ def atomic_save(params, path, extra: dict = None) -> None:
     os.close(fd)
     try:
         append = {"mindtrans_extra": json.dumps(extra)} if extra is not None else None
+        if isinstance(params, (list, tuple)):  # as {name, data} dicts: what every MindSpore 2.x accepts
+            params = [{"name": p.name, "data": p} for p in params]
         ms.save_checkpoint(params, tmp, append_dict=append)
         os.chmod(tmp, default_file_mode())  # MindSpore writes checkpoints read-only for the owner
         os.replace(tmp, path)

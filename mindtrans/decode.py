@@ -13,6 +13,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import ops
 
+from mindtrans import compat
 from mindtrans.data import BOS, EOS, PAD, detokenize, tokenize
 
 
@@ -50,11 +51,12 @@ def decode_step(model, dtype=ms.float32):
 
         heads, d_head = model.config.n_heads, model.config.d_model // model.config.n_heads
         any_cache = ms.Tensor(shape=[None, heads, None, d_head], dtype=dtype)
-        dynamic = ms.enable_dynamic(tokens=ms.Tensor(shape=[None, 1], dtype=ms.int32),
-                                    src_mask=ms.Tensor(shape=[None, 1, 1, None], dtype=ms.bool_),
-                                    cache=(any_cache,) * (4 * n_layers),
-                                    rows=ms.Tensor(shape=[None], dtype=ms.int32))
-        compiled[dtype] = ms.jit(dynamic(step))
+        signature = dict(tokens=ms.Tensor(shape=[None, 1], dtype=ms.int32),
+                         src_mask=ms.Tensor(shape=[None, 1, 1, None], dtype=ms.bool_),
+                         cache=(any_cache,) * (4 * n_layers),
+                         position=ms.Tensor(0, ms.int32),  # a scalar
+                         rows=ms.Tensor(shape=[None], dtype=ms.int32))
+        compiled[dtype] = compat.compiled_or_eager(step, "the decoding step", signature)
     return compiled[dtype]
 
 

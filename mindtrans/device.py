@@ -1,19 +1,18 @@
 """Pick the device once: Ascend, then GPU, then CPU, or what `MINDTRANS_DEVICE` forces."""
 import os
 
+from mindtrans import compat
+
 DEVICES = ("Ascend", "GPU", "CPU")
 _chosen = None
 
 
 def available_devices() -> list:
     """The devices this MindSpore install can really use, best first."""
-    import mindspore.device_context as dc
-    from mindspore._c_expression import MSContext  # the check behind is_available(), minus its warnings
-
     found = []
-    for name, module in (("Ascend", dc.ascend), ("GPU", dc.gpu)):
+    for name in ("Ascend", "GPU"):
         try:
-            if MSContext.get_instance().is_pkg_support_device(name) and module.device_count() > 0:
+            if compat.device_count(name) > 0:
                 found.append(name)
         except (RuntimeError, ValueError):  # plugin present but no usable device/driver
             pass
@@ -54,11 +53,9 @@ def select_device(name: str = None, verbose: bool = True) -> str:
         device = matches[0]
     else:
         device = available[0]
-    ms.set_device(device)
+    compat.set_device(device)
     if device == "CPU":
-        import mindspore.device_context as dc
-
-        dc.cpu.op_tuning.threads_num(cpu_threads())
+        compat.set_cpu_threads(cpu_threads())
     _chosen = device
     if verbose:
         extra = f" ({cpu_threads()} threads)" if device == "CPU" else ""

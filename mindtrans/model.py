@@ -18,6 +18,7 @@ class Transformer(nn.Cell):
     def __init__(self, config: TransformerConfig):
         super().__init__()
         self.config = config
+        self.pad_id = int(config.pad_id)  # a plain number: graph code never reads dataclass fields
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
         # Tied: the output projection reuses the target embedding table (Press & Wolf, 2017).
@@ -25,7 +26,7 @@ class Transformer(nn.Cell):
 
     def encode(self, src):
         """src (B, Ls) ids -> memory (B, Ls, D), src_mask (B, 1, 1, Ls), per-layer self-attention weights."""
-        src_mask = padding_mask(src, self.config.pad_id)
+        src_mask = padding_mask(src, self.pad_id)
         memory, weights = self.encoder(src, src_mask)
         return memory, src_mask, weights
 

@@ -26,7 +26,7 @@ import numpy as np
 from mindspore import amp, nn, ops
 from tqdm.auto import tqdm
 
-from mindtrans import bundle, checkpoint, distributed
+from mindtrans import bundle, checkpoint, compat, distributed
 from mindtrans.config import TransformerConfig
 from mindtrans.data import PAD, BucketBatcher, PackedBatcher, Vocab, encode_pairs, load_split, tokenize
 from mindtrans.device import select_device
@@ -165,9 +165,10 @@ def make_train_step(model, optimizer, cfg: TrainConfig, loss_scaler=None, dynami
     With `packed=True` the step takes the seven arrays of a `PackedBatcher` batch instead
     of (src, tgt), and compiles one static graph: all those batches have one shape.
     """
+    smoothing, clip_norm = float(cfg.label_smoothing), float(cfg.clip_norm)  # graphs get plain numbers
 
     def scaled_loss(logits, labels):
-        loss_sum, nll_sum, tokens = label_smoothed_nll(logits, labels, cfg.label_smoothing, PAD)
+        loss_sum, nll_sum, tokens = label_smoothed_nll(logits, labels, smoothing, PAD)
         loss = loss_sum / tokens
         if loss_scaler is not None:
             loss = loss_scaler.scale(loss)
@@ -187,7 +188,7 @@ def make_train_step(model, optimizer, cfg: TrainConfig, loss_scaler=None, dynami
         if loss_scaler is not None:
             loss = loss_scaler.unscale(loss)
             grads = loss_scaler.unscale(grads)
-        grads, finite = clip_by_global_norm(grads, cfg.clip_norm)
+        grads, finite = clip_by_global_norm(grads, clip_norm)
         if loss_scaler is not None:
             loss_scaler.adjust(finite)
         if finite:
@@ -201,13 +202,13 @@ def make_train_step(model, optimizer, cfg: TrainConfig, loss_scaler=None, dynami
         # one (benchmarks/profile_train.py), but compiling one takes ~20 s and each keeps its
         # own ~1 GB of activations at 4096 tokens: 7.4 GB for the six bucket shapes of an
         # epoch (benchmarks/bench_train.py --bucketed --static-shapes), 2.8 GB for packed rows.
-        return ms.jit(step)
+        return compat.compiled_or_eager(step, "the train step")
 
     def bucketed_step(src, tgt):
         return step(src, tgt)
 
     any_shape = ms.Tensor(shape=[None, None], dtype=ms.int32)
-    return ms.jit(ms.enable_dynamic(src=any_shape, tgt=any_shape)(bucketed_step))
+    return compat.jit_dynamic(bucketed_step, dict(src=any_shape, tgt=any_shape))
 
 
 def target_tokens(tgt: np.ndarray) -> int:
@@ -234,6 +235,7 @@ def make_global_batch_step(model, optimizer, cfg: TrainConfig, loss_scaler=None,
     second graph makes the update.
     """
     params = optimizer.parameters
+    smoothing, clip_norm = float(cfg.label_smoothing), float(cfg.clip_norm)  # graphs get plain numbers
     distributed_run = world_size > 1
     if distributed_run:
         reducer = nn.DistributedGradReducer(params, mean=False, degree=world_size)
@@ -241,7 +243,7 @@ def make_global_batch_step(model, optimizer, cfg: TrainConfig, loss_scaler=None,
 
     def forward(src, tgt, denominator):
         logits = model(src, tgt[:, :-1])
-        loss_sum, nll_sum, tokens = label_smoothed_nll(logits, tgt[:, 1:], cfg.label_smoothing, PAD)
+        loss_sum, nll_sum, tokens = label_smoothed_nll(logits, tgt[:, 1:], smoothing, PAD)
         loss = loss_sum / denominator
         if loss_scaler is not None:
             loss = loss_scaler.scale(loss)
@@ -259,7 +261,7 @@ def make_global_batch_step(model, optimizer, cfg: TrainConfig, loss_scaler=None,
             stats = all_reduce(stats)
         if loss_scaler is not None:
             grads = loss_scaler.unscale(grads)
-        grads, finite = clip_by_global_norm(grads, cfg.clip_norm)
+        grads, finite = clip_by_global_norm(grads, clip_norm)
         if loss_scaler is not None:
             loss_scaler.adjust(finite)
         if finite:
@@ -292,9 +294,10 @@ def make_global_batch_step(model, optimizer, cfg: TrainConfig, loss_scaler=None,
         return result
 
     if cfg.mode == "graph":
-        any_shape = ms.Tensor(shape=[None, None], dtype=ms.int32)
-        whole_step = ms.jit(ms.enable_dynamic(src=any_shape, tgt=any_shape)(whole_step))
-        accumulate = ms.jit(ms.enable_dynamic(src=any_shape, tgt=any_shape)(accumulate))
+        any_shape, scalar = ms.Tensor(shape=[None, None], dtype=ms.int32), ms.Tensor(0.0, ms.float32)
+        whole_step = compat.jit_dynamic(whole_step, dict(src=any_shape, tgt=any_shape, local_tokens=scalar,
+                                                         flags=ms.Tensor(shape=[None], dtype=ms.float32)))
+        accumulate = compat.jit_dynamic(accumulate, dict(src=any_shape, tgt=any_shape, local_tokens=scalar))
         accumulated_update = ms.jit(accumulated_update)
 
     def step(batches, flags):

@@ -183,12 +183,12 @@ def test_row_softmax_value_and_gradient_match_numpy(compiled):
 
     softmax = RowSoftmax()
 
-    def weighted_sum(x):
-        return (softmax(x) * ms.Tensor(upstream)).sum()
+    def weighted_sum(x, upstream):  # upstream an argument: MindSpore 2.0 graphs cannot read a closure's array
+        return (softmax(x) * upstream).sum()
 
-    grad_fn = ms.value_and_grad(weighted_sum)
+    grad_fn = ms.value_and_grad(weighted_sum, grad_position=0)
     grad_fn = ms.jit(grad_fn) if compiled else grad_fn
-    value, grad = grad_fn(ms.Tensor(x))
+    value, grad = grad_fn(ms.Tensor(x), ms.Tensor(upstream))
     np.testing.assert_allclose(softmax(ms.Tensor(x)).asnumpy(), y, rtol=1e-5, atol=1e-7)
     assert float(value.asnumpy()) == pytest.approx(float((upstream * y).sum()), rel=1e-5)
     np.testing.assert_allclose(grad.asnumpy(), expected_grad, rtol=1e-4, atol=1e-6)
