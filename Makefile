@@ -1,5 +1,8 @@
 # Two commands do all set-up: `make demo` and `make test` (see README).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
+# The exact versions tested together (constraints/py3.11.txt); another Python installs the
+# ranges of pyproject.toml instead.
+LOCK   := $(wildcard constraints/py$(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null).txt)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
@@ -10,18 +13,20 @@ LAB_PORT ?= 8888
 MINDTRANS_MIRROR ?= $(abspath $(wildcard ../shared/data/multi30k))
 export MINDTRANS_MIRROR
 
-.PHONY: demo test lab bench fetch clean
+.PHONY: demo test test-compat lab bench fetch clean
 
-$(STAMP): pyproject.toml
-	@test -n "$(PYTHON)" || { echo "Python 3.10-3.12 not found: install it or run make PYTHON=/path/to/python"; exit 1; }
+$(STAMP): pyproject.toml $(LOCK)
+	@test -n "$(PYTHON)" || { echo "Python 3.9-3.12 not found: install it or run make PYTHON=/path/to/python"; exit 1; }
+	@test -n "$(LOCK)" || echo "No lock for $(PYTHON) in constraints/: installing the ranges of pyproject.toml (tested: Python 3.11)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet $(if $(LOCK),-c $(LOCK)) -e '.[dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/mindtrans demo
 
+# Unit tests run one test file per worker (pytest-xdist), as many workers as cores.
 # Lessons run in fast mode, each from notebooks/ as its working directory; nbval-lax
 # compares only the cells marked `# NBVAL_CHECK_OUTPUT` (after notebooks/nbval_sanitize.cfg).
 # Then tests/browser opens each lesson in JupyterLab in headless Chromium, runs all cells
@@ -29,10 +34,16 @@ demo: $(STAMP)
 # artifacts/screenshots/. It needs Debian's chromium and Playwright, installed once
 # (scripts/install_browser_deps.sh); where they cannot be, it is reported as skipped.
 test: $(STAMP) $(BROWSER_STAMP)
-	$(PY) -m pytest tests --ignore=tests/browser
+	$(PY) -m pytest tests --ignore=tests/browser -n auto --dist loadfile
 	MINDTRANS_FAST=1 $(PY) -m pytest --nbval-lax --nbval-current-env \
 		--nbval-sanitize-with notebooks/nbval_sanitize.cfg --nbval-cell-timeout 600 notebooks
 	MINDTRANS_FAST=1 $(PY) -m pytest tests/browser
+	$(MAKE) test-compat
+
+# The model, train-step, decode and CLI tests on MindSpore 2.0.0 (Python 3.9) and 2.7.0
+# (Python 3.10), in venvs cached under ~/.cache/mindtrans/compat (scripts/test_compat.sh).
+test-compat:
+	scripts/test_compat.sh
 
 # No stamp when the install fails, so the next `make test` tries again.
 $(BROWSER_STAMP): scripts/install_browser_deps.sh $(STAMP)

@@ -1,11 +1,17 @@
-"""Packaging: pyproject.toml and environment.yml pin the same versions; importing stays cheap."""
+"""Packaging: pyproject.toml's ranges admit the tested lock, environment.yml pins the lock's
+versions, the compatibility locks are what CI installs; importing stays cheap."""
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python < 3.11
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,6 +63,26 @@ def pins(requirements):
     return {requirement_name(r): r.replace(" ", "") for r in requirements}
 
 
+def lock(name="py3.11.txt"):
+    """{normalised name: version} of a constraints file (`name==version` lines)."""
+    found = {}
+    for line in (ROOT / "constraints" / name).read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            package, version = line.split("==")
+            found[normalise(package)] = version
+    return found
+
+
+def direct_requirements(python="3.11"):
+    """pyproject.toml's own requirements (base, test and dev extras) that apply on `python`."""
+    project = pyproject()["project"]
+    everything = project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]
+    parsed = (Requirement(r) for r in everything)
+    return [r for r in parsed if normalise(r.name) != "mindtrans"
+            and (r.marker is None or r.marker.evaluate({"python_version": python}))]
+
+
 def test_environment_yml_parser_finds_the_pip_section():
     conda, pip = environment_yml()
     assert "pip" in conda and any(item.startswith("python=") for item in conda)
@@ -64,22 +90,46 @@ def test_environment_yml_parser_finds_the_pip_section():
     assert len(pip) >= len(pyproject()["project"]["dependencies"])
 
 
-@pytest.mark.parametrize("section", ["dependencies", "dev"])
-def test_pyproject_requirements_are_pinned_identically_in_environment_yml(section):
-    project = pyproject()["project"]
-    requirements = project["dependencies"] if section == "dependencies" else project["optional-dependencies"]["dev"]
-    env = pins(environment_yml()[1])
-    for name, requirement in pins(requirements).items():
-        assert "==" in requirement, f"{requirement!r} in pyproject.toml is not pinned with =="
-        assert name in env, f"{requirement!r} from pyproject.toml [{section}] is missing from environment.yml"
-        assert env[name] == requirement, (f"environment.yml pins {env[name]!r} but pyproject.toml "
-                                          f"[{section}] pins {requirement!r}")
+def test_pyproject_declares_ranges_that_a_preinstalled_mindspore_satisfies():
+    """`pip install -e .` on an OpenI/ModelArts image must keep its MindSpore 2.3-2.6 and NumPy 1.x."""
+    requirements = {normalise(r.name): r for r in direct_requirements()}
+    for requirement in requirements.values():
+        assert "==" not in str(requirement.specifier), f"{requirement} is pinned: pins belong in constraints/"
+    for version in ("2.3.0", "2.4.1", "2.5.0", "2.6.0rc1", "2.10.0"):
+        assert requirements["mindspore"].specifier.contains(version, prereleases=True), version
+    assert requirements["numpy"].specifier.contains("1.26.4") and not requirements["numpy"].specifier.contains("2.0.0")
+
+
+def test_the_lock_admits_every_direct_requirement():
+    locked = lock()
+    for requirement in direct_requirements():
+        name = normalise(requirement.name)
+        assert name in locked, f"{requirement} is missing from constraints/py3.11.txt"
+        assert requirement.specifier.contains(locked[name]), f"constraints/py3.11.txt has {name}=={locked[name]}, " \
+                                                             f"outside pyproject.toml's {requirement}"
+
+
+@pytest.mark.parametrize("name", ["ms2.0.0-py3.9.txt", "ms2.7.0-py3.10.txt"])
+def test_compatibility_locks_pin_their_mindspore_and_admit_the_base_requirements(name):
+    locked, expected = lock(name), re.match(r"ms([\d.]+)-py([\d.]+)\.txt", name)
+    assert locked["mindspore"] == expected.group(1)
+    for requirement in direct_requirements(expected.group(2)):
+        if normalise(requirement.name) in ("mindspore", "numpy", "pytest", "tomli", "download", "tqdm", "sacrebleu"):
+            assert requirement.specifier.contains(locked[normalise(requirement.name)]), (name, str(requirement))
+
+
+def test_environment_yml_pins_the_locked_version_of_every_direct_requirement():
+    env, locked = pins(environment_yml()[1]), lock()
+    for requirement in direct_requirements():
+        name = normalise(requirement.name)
+        assert name in env, f"{requirement.name} from pyproject.toml is missing from environment.yml"
+        assert env[name] == f"{requirement.name}=={locked[name]}", (f"environment.yml pins {env[name]!r} but "
+                                                                   f"constraints/py3.11.txt has {locked[name]}")
 
 
 def test_environment_yml_pins_nothing_pyproject_does_not():
-    project = pyproject()["project"]
-    declared = pins(project["dependencies"]) | pins(project["optional-dependencies"]["dev"])
-    extra = sorted(set(pins(environment_yml()[1])) - set(declared))
+    declared = {normalise(r.name) for r in direct_requirements()}
+    extra = sorted(set(pins(environment_yml()[1])) - declared)
     assert not extra, f"environment.yml pins {extra}, which pyproject.toml does not list"
 
 
