@@ -49,7 +49,7 @@ def main():
     from mindtrans.decode import Translator
     from mindtrans.device import select_device
     from mindtrans.model import Transformer
-    from mindtrans.train import build_vocabs
+    from mindtrans.data import build_vocabs
 
     device = select_device(verbose=False)
     data_dir = multi30k_dir(args.data_dir)

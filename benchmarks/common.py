@@ -24,7 +24,9 @@ def multi30k_train_batcher(data_dir, batch_tokens: int, packed: bool = True):
     """(shuffled training batcher, source vocab, target vocab) for Multi30k, as training builds them:
     packed rows by default, length buckets with `packed=False`."""
     from mindtrans.data import load_split
-    from mindtrans.train import TrainConfig, build_vocabs, make_batcher
+    from mindtrans.data import build_vocabs
+    from mindtrans.train_config import TrainConfig
+    from mindtrans.training import make_batcher
 
     pairs = load_split(multi30k_dir(data_dir), "train")
     src_vocab, tgt_vocab = build_vocabs(pairs, min_freq=2)
@@ -57,7 +59,8 @@ def preset_train_step(preset: str, src_vocab, tgt_vocab, dynamic_shapes: bool = 
 
     from mindtrans.config import TransformerConfig
     from mindtrans.model import Transformer
-    from mindtrans.train import TrainConfig, make_train_step
+    from mindtrans.steps import make_train_step
+    from mindtrans.train_config import TrainConfig
 
     config = TransformerConfig.preset(preset).with_vocab(len(src_vocab), len(tgt_vocab))
     ms.set_seed(0)

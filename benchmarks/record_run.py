@@ -9,11 +9,9 @@ it, the epoch log, the commit and the hardware. Prints the same JSON.
         --how "notebooks/04_translation.ipynb executed in full mode"
 """
 import argparse
-import json
 import os
 import platform
 import subprocess
-from dataclasses import asdict, fields
 from pathlib import Path
 
 from common import ROOT, emit, multi30k_dir, peak_rss_gb
@@ -47,17 +45,13 @@ def git_commit() -> str:
 
 
 def train_command(train_args: dict, out: str) -> str:
-    """The `mindtrans train` command line for these TrainConfig values (defaults left out)."""
-    from mindtrans.train import TrainConfig
+    """The `mindtrans train` command line for these saved TrainConfig values (defaults left out)."""
+    from mindtrans.train_config import TrainConfig, flag
 
-    defaults = asdict(TrainConfig())
-    train_args = {"pack": False, **train_args}  # runs saved before packing existed used length buckets
+    cfg, defaults = TrainConfig.from_dict(train_args), TrainConfig()  # from_dict: runs saved before packing
     parts = ["mindtrans train"]
-    for field in fields(TrainConfig):
-        value = train_args.get(field.name, defaults[field.name])
-        flag = field.name.replace("_", "-")
-        if value != defaults[field.name]:
-            parts.append((f"--{flag}" if value else f"--no-{flag}") if isinstance(value, bool) else f"--{flag} {value}")
+    for name, (value, _) in cfg.differences(defaults).items():
+        parts.append(flag(name) if isinstance(value, bool) else f"{flag(name)} {value}")
     parts.append(f"--out {out}")
     return " ".join(parts)
 
@@ -77,15 +71,14 @@ def main():
     from mindtrans.device import select_device
     from mindtrans.evaluate import evaluate_bundle
     from mindtrans.params import count_parameters
+    from mindtrans.rundir import RunDir
 
     device = select_device(verbose=False)
-    run = Path(args.run_dir)
+    run = RunDir(args.run_dir)
     data_dir = multi30k_dir(args.data_dir)
-    bundle = load_bundle(run)
-    train_info = json.loads((run / "train_config.json").read_text())
-    metadata = json.loads((run / "metadata.json").read_text())
-    log = json.loads((run / "log.json").read_text())
-    _, weights_info = checkpoint.load(run / "model.ckpt")
+    bundle = load_bundle(run.path)
+    train_info, metadata, log = run.train_info(), run.read_json(RunDir.METADATA), run.read_json(RunDir.LOG_JSON)
+    _, weights_info = checkpoint.load(run.model)
 
     scores = {}
     for name, beam in (("greedy", 1), (f"beam{args.beam}", args.beam)):
@@ -95,8 +88,8 @@ def main():
 
     training = metadata.get("training", {})
     record = {
-        "run_dir": str(run),
-        "command": train_command(train_info["train"], str(run)),
+        "run_dir": str(run.path),
+        "command": train_command(train_info["train"], str(run.path)),
         "launched_by": args.how or "the command above",
         "commit": git_commit(),
         "hardware": {**hardware(), "device": device},
@@ -115,7 +108,7 @@ def main():
         "epochs": log,
         "peak_rss_gb_evaluation": peak_rss_gb(),
     }
-    emit(record, ROOT / "benchmarks" / "results" / f"{args.name or run.name}.json")
+    emit(record, ROOT / "benchmarks" / "results" / f"{args.name or run.path.name}.json")
 
 
 if __name__ == "__main__":

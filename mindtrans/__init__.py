@@ -13,7 +13,13 @@ _LAZY = {
     "count_parameters": "mindtrans.params",
     "estimate_parameters": "mindtrans.params",
     "select_device": "mindtrans.device",
+    "fetch_multi30k": "mindtrans.fetch",
+    "TrainConfig": "mindtrans.train_config",
+    "train": "mindtrans.training",
+    "Translator": "mindtrans.decode",
     "load_bundle": "mindtrans.bundle",
+    "save_bundle": "mindtrans.bundle",
+    "evaluate_bundle": "mindtrans.evaluate",
 }
 
 __all__ = ["__version__", *_LAZY]

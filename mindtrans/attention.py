@@ -30,7 +30,7 @@ def causal_mask(query_len: int, key_len: int = None):
 def segment_mask(query_segments, key_segments):
     """(B, Lq), (B, Lk) segment ids -> (B, 1, Lq, Lk) bool: the key is in the query's segment.
 
-    For rows that pack several sentences (`mindtrans.data.PackedBatcher`): segment k > 0
+    For rows that pack several sentences (`mindtrans.batching.PackedBatcher`): segment k > 0
     is the row's k-th sentence and 0 is padding, which no query may see.
     """
     same = query_segments.expand_dims(2) == key_segments.expand_dims(1)

@@ -1,68 +1,19 @@
-"""Model bundles: a run directory that holds everything needed to use the trained model.
+"""Model bundles: the files of a run directory that translation needs, saved and loaded.
 
-Layout of a bundle (also the training run directory):
-    config.json        TransformerConfig (the architecture)
-    src_vocab.json     source vocabulary     tgt_vocab.json   target vocabulary
-    model.ckpt         the published weights (best validation loss, or an average)
-    train_config.json  the training arguments
-    metadata.json      versions, data checksums, final metrics
-    latest.ckpt        the resumable training state (weights, optimizer, progress)
-    log.csv, log.json  one row per epoch
+A bundle is config.json, src_vocab.json, tgt_vocab.json and model.ckpt (the layout is
+`mindtrans.rundir.RunDir`'s); a training run directory is one, with more files beside.
 """
-import hashlib
 import json
-import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import mindtrans
 from mindtrans.config import TransformerConfig
-from mindtrans.data import Vocab, atomic_write_text
-
-REQUIRED = ("config.json", "src_vocab.json", "tgt_vocab.json", "model.ckpt")
+from mindtrans.data import Vocab
+from mindtrans.rundir import RunDir
 
 
 class BundleError(ValueError):
     """A bundle is incomplete, inconsistent or corrupt; the message says which file."""
-
-
-def sha256_file(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _write_json(path: Path, data) -> None:
-    atomic_write_text(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
-
-
-def write_static(out, config: TransformerConfig, src_vocab: Vocab, tgt_vocab: Vocab, train_info: dict,
-                 data_files=()) -> None:
-    """Write the parts of a bundle that do not change while training."""
-    import mindspore as ms
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "config.json", config.to_dict())
-    src_vocab.save(out / "src_vocab.json")
-    tgt_vocab.save(out / "tgt_vocab.json")
-    _write_json(out / "train_config.json", train_info)
-    _write_json(out / "metadata.json", {
-        "mindtrans_version": mindtrans.__version__, "mindspore_version": ms.__version__,
-        "python": platform.python_version(), "platform": platform.platform(),
-        "data_sha256": {Path(p).name: sha256_file(p) for p in data_files if Path(p).is_file()},
-    })
-
-
-def update_metadata(out, updates: dict) -> dict:
-    """Merge `updates` into metadata.json (e.g. final metrics) and return the result."""
-    path = Path(out) / "metadata.json"
-    data = json.loads(path.read_text()) if path.is_file() else {}
-    data.update(updates)
-    _write_json(path, data)
-    return data
 
 
 @dataclass
@@ -82,7 +33,22 @@ class Bundle:
         return Translator(self.model, self.src_vocab, self.tgt_vocab, **kwargs)
 
 
-def load_bundle(path, weights: str = "model.ckpt") -> Bundle:
+def save_bundle(path, model, src_vocab: Vocab, tgt_vocab: Vocab, metadata: dict = None) -> RunDir:
+    """Write `model` (its config and weights) and the vocabularies as a bundle in `path`."""
+    from mindtrans import checkpoint
+
+    run = RunDir(path)
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.write_json(RunDir.CONFIG, model.config.to_dict())
+    src_vocab.save(run / RunDir.SRC_VOCAB)
+    tgt_vocab.save(run / RunDir.TGT_VOCAB)
+    checkpoint.atomic_save(model, run.model)
+    if metadata is not None:
+        run.update_metadata(metadata)
+    return run
+
+
+def load_bundle(path, weights: str = RunDir.MODEL) -> Bundle:
     """Rebuild the model saved in bundle directory `path`, in inference mode.
 
     Raises BundleError naming the problem: a missing file, a config that does not
@@ -91,43 +57,39 @@ def load_bundle(path, weights: str = "model.ckpt") -> Bundle:
     from mindtrans import checkpoint
     from mindtrans.model import Transformer
 
-    path = Path(path)
-    if not path.is_dir():
-        raise BundleError(f"{path} is not a directory; pass the run directory written by `mindtrans train`")
-    missing = [name for name in REQUIRED[:3] + (weights,) if not (path / name).is_file()]
+    run = RunDir(path)
+    if not run.path.is_dir():
+        raise BundleError(f"{run.path} is not a directory; pass the run directory written by `mindtrans train`")
+    missing = [name for name in RunDir.BUNDLE[:3] + (weights,) if not (run / name).is_file()]
     if missing:
-        raise BundleError(f"bundle {path} is missing {', '.join(missing)}")
+        raise BundleError(f"bundle {run.path} is missing {', '.join(missing)}")
+    config, src_vocab, tgt_vocab = _read_config_and_vocabs(run)
     try:
-        config = TransformerConfig.from_dict(json.loads((path / "config.json").read_text()))
-    except (ValueError, TypeError) as err:
-        raise BundleError(f"{path / 'config.json'} is not a valid model config: {err}") from err
-    try:
-        src_vocab, tgt_vocab = Vocab.load(path / "src_vocab.json"), Vocab.load(path / "tgt_vocab.json")
+        saved, _ = checkpoint.load(run / weights)
+        model = Transformer(config)
+        checkpoint.restore(model.get_parameters(), saved, run / weights, source=RunDir.CONFIG)
     except ValueError as err:
         raise BundleError(str(err)) from err
-    for name, vocab, size in (("src_vocab.json", src_vocab, config.src_vocab_size),
-                              ("tgt_vocab.json", tgt_vocab, config.tgt_vocab_size)):
-        if len(vocab) != size:
-            raise BundleError(f"{path / name} has {len(vocab)} tokens but config.json expects {size}")
-    try:
-        saved, _ = checkpoint.load(path / weights)
-    except ValueError as err:
-        raise BundleError(str(err)) from err
-    model = Transformer(config)
-    expected = dict(model.parameters_and_names())
-    absent = sorted(set(p.name for p in expected.values()) - set(saved))
-    if absent:
-        raise BundleError(f"{path / weights} does not match config.json: no weights for {absent[:3]}"
-                          f"{' ...' if len(absent) > 3 else ''}")
-    for param in expected.values():
-        value = saved[param.name]
-        if tuple(value.shape) != tuple(param.shape):
-            raise BundleError(f"{path / weights} does not match config.json: {param.name} has shape "
-                              f"{tuple(value.shape)}, config.json implies {tuple(param.shape)}")
-        param.set_data(value.astype(param.dtype))
     model.set_train(False)
     try:
-        metadata = json.loads((path / "metadata.json").read_text()) if (path / "metadata.json").is_file() else {}
+        metadata = run.read_json(RunDir.METADATA) if (run / RunDir.METADATA).is_file() else {}
     except ValueError as err:
-        raise BundleError(f"{path / 'metadata.json'} is not valid JSON: {err}") from err
-    return Bundle(path, config, model, src_vocab, tgt_vocab, metadata)
+        raise BundleError(f"{run / RunDir.METADATA} is not valid JSON: {err}") from err
+    return Bundle(run.path, config, model, src_vocab, tgt_vocab, metadata)
+
+
+def _read_config_and_vocabs(run: RunDir) -> tuple:
+    """(TransformerConfig, source Vocab, target Vocab) of a bundle, checked against each other."""
+    try:
+        config = TransformerConfig.from_dict(json.loads((run / RunDir.CONFIG).read_text()))
+    except (ValueError, TypeError) as err:
+        raise BundleError(f"{run / RunDir.CONFIG} is not a valid model config: {err}") from err
+    try:
+        src_vocab, tgt_vocab = Vocab.load(run / RunDir.SRC_VOCAB), Vocab.load(run / RunDir.TGT_VOCAB)
+    except ValueError as err:
+        raise BundleError(str(err)) from err
+    for name, vocab, size in ((RunDir.SRC_VOCAB, src_vocab, config.src_vocab_size),
+                              (RunDir.TGT_VOCAB, tgt_vocab, config.tgt_vocab_size)):
+        if len(vocab) != size:
+            raise BundleError(f"{run / name} has {len(vocab)} tokens but config.json expects {size}")
+    return config, src_vocab, tgt_vocab

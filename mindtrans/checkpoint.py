@@ -1,4 +1,5 @@
-"""Checkpoints written atomically: a crash mid-save never replaces a good file."""
+"""Checkpoints: written atomically (a crash mid-save never replaces a good file), loaded,
+and restored into a model or a whole training state."""
 import json
 import os
 import tempfile
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import mindspore as ms
 
-from mindtrans.data import default_file_mode
+from mindtrans.files import default_file_mode
 
 
 def atomic_save(params, path, extra: dict = None) -> None:
@@ -44,3 +45,35 @@ def load(path) -> tuple:
     if extra is not None:
         extra = json.loads(extra.asnumpy().item() if hasattr(extra, "asnumpy") else str(extra))
     return params, extra
+
+
+def restore(params, saved: dict, path, source: str = "the model") -> None:
+    """Copy the `saved` values (from `load`) into `params` in place. A missing or misshapen
+    entry raises ValueError: "<path> does not match <source>: ..." with the names or shapes."""
+    params = list(params)
+    absent = [param.name for param in params if param.name not in saved]
+    if absent:
+        raise ValueError(f"{path} does not match {source}: no weights for {absent[:3]}"
+                         f"{' ...' if len(absent) > 3 else ''}")
+    for param in params:
+        value = saved[param.name]
+        if tuple(value.shape) != tuple(param.shape):
+            raise ValueError(f"{path} does not match {source}: {param.name} has shape {tuple(value.shape)}, "
+                             f"{source} implies {tuple(param.shape)}")
+        param.set_data(value.astype(param.dtype))
+
+
+def training_state(model, optimizer, loss_scaler=None) -> list:
+    """Every Parameter a resumed run needs: weights, Adam moments, step counter, loss scale."""
+    from mindspore import nn
+
+    state, seen = [], set()
+    cells = [model, optimizer] + ([loss_scaler] if isinstance(loss_scaler, nn.Cell) else [])
+    for cell in cells:
+        for _, param in cell.parameters_and_names():
+            if param.name not in seen:
+                seen.add(param.name)
+                state.append(param)
+    if loss_scaler is not None and not isinstance(loss_scaler, nn.Cell):
+        state += [loss_scaler.scale_value, loss_scaler.counter]
+    return state

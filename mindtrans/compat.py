@@ -3,17 +3,15 @@
 The rest of mindtrans calls these functions instead of the version-specific APIs: the
 newest spelling where the installed MindSpore has it, the older one where it does not.
 
-| what                          | 2.7+                      | 2.5, 2.6                     | 2.0 - 2.4                        |
-|-------------------------------|---------------------------|------------------------------|----------------------------------|
-| one graph for many shapes     | `enable_dynamic` + `jit`  | one graph per shape (2.6)    | `jit(input_signature=...)` (2.3+)|
-|                               |                           | `jit(input_signature)` (2.5) | one graph per shape (2.0 - 2.2)  |
-| choose the device             | `set_device`              | `set_device`                 | `set_context(device_target=...)` |
-| count devices                 | `device_context.*`        | `device_context.*`           | `hal.device_count` (2.3+)        |
-| CPU threads                   | `device_context.cpu...`   | `device_context.cpu...`      | `set_context(runtime_num_threads)`|
+- one graph for many shapes: `enable_dynamic` + `jit` (2.7+); `jit(input_signature=...)`
+  (2.3 - 2.5); one graph per shape (2.6, and 2.0 - 2.2, whose dynamic shapes mistype this model);
+- the device: `set_device` (2.5+); `set_context(device_target=...)` before;
+- counting devices: `device_context` (2.5+); `hal.device_count` (2.3, 2.4); the driver (2.0 - 2.2);
+- CPU threads: `device_context.cpu.op_tuning.threads_num` (2.5+); `set_context(runtime_num_threads)`.
 
 `MINDTRANS_MS_API=2.3` (any version) makes mindtrans use only what that version has,
 on the installed MindSpore: the tests run the older branches this way. Where an old
-MindSpore truly lacks something, `require(feature)` says in one line which version it needs.
+compiler cannot build a step, one line on stderr says so and names the fallback taken.
 """
 import glob
 import inspect
@@ -71,15 +69,6 @@ def has(feature: str) -> bool:
     first, last = FEATURES[feature]
     version = api_version()[:2]
     return first <= version and (last is None or version <= last) and _present(feature)
-
-
-def require(feature: str, what: str):
-    """Raise a one-line RuntimeError when `feature` is missing: `what` needs MindSpore >= its version."""
-    if not has(feature):
-        import mindspore as ms
-
-        first = ".".join(map(str, FEATURES[feature][0]))
-        raise RuntimeError(f"{what} needs MindSpore {first} or newer; this is MindSpore {ms.__version__}")
 
 
 def jit_dynamic(fn, signature: dict):
@@ -160,6 +149,25 @@ def _varies(spec) -> bool:
     if isinstance(spec, (tuple, list)):
         return any(_varies(item) for item in spec)
     return spec.shape is None or any(dim is None or dim < 0 for dim in spec.shape)
+
+
+def adam(params, **kwargs):
+    """`nn.Adam(params, **kwargs)`. From 2.8 its constructor also builds a sparse kernel that
+    mindtrans never uses and logs that the kernel is deprecated: that one line is dropped."""
+    import logging
+
+    from mindspore import log, nn
+
+    class DropSparseAdamNotice(logging.Filter):
+        def filter(self, record):
+            return "'FusedSparseAdam' is deprecated" not in record.getMessage()
+
+    logger, notice = log._get_logger(), DropSparseAdamNotice()
+    logger.addFilter(notice)
+    try:
+        return nn.Adam(params, **kwargs)
+    finally:
+        logger.removeFilter(notice)
 
 
 def set_device(name: str):

@@ -22,7 +22,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from mindtrans.data import atomic_write_text
+from mindtrans.files import atomic_write_text
 
 SPLITS = ("train", "val", "test2016")
 
@@ -336,3 +336,25 @@ def write_synthetic(data_dir, n_train: int = 6000, n_val: int = 300, n_test: int
         for lang, col in (("de", 0), ("en", 1)):
             atomic_write_text(out / f"{split}.{lang}", "".join(p[col] + "\n" for p in pairs[lo:hi]))
     return out
+
+
+def resolve_corpus(data_dir, corpus: str) -> str:
+    """'auto' picks Multi30k when its files are in `data_dir`, else the embedded synthetic corpus."""
+    if corpus != "auto":
+        return corpus
+    from mindtrans.fetch import TEXT_SHA256, multi30k_dir
+
+    complete = all((multi30k_dir(data_dir) / name).is_file() for name in TEXT_SHA256)
+    return "multi30k" if complete else "synthetic"
+
+
+def ensure_corpus(data_dir, corpus: str) -> None:
+    """Write the synthetic corpus on first use; Multi30k must be fetched (`mindtrans fetch`).
+
+    Every file training reads is checked, not just the first: the workers of an msrun job
+    may get here at the same time, and each file is written atomically, with the same text.
+    """
+    root = Path(data_dir) / "synthetic"
+    needed = [root / f"{split}.{lang}" for split in ("train", "val") for lang in ("de", "en")]
+    if corpus == "synthetic" and not all(path.is_file() for path in needed):
+        write_synthetic(data_dir)

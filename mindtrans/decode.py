@@ -70,6 +70,7 @@ def _start(model, src: np.ndarray, slots: int, repeat: int = 1):
     return src_mask, cache, decode_step(model, memory.dtype)
 
 
+DEFAULT_BEAM, DEFAULT_ALPHA = 4, 0.6  # the beam size and length-penalty exponent everything defaults to
 SLOT_CHUNK = 16  # the self-attention cache starts with room for the source length + 16 tokens, and grows by 16
 
 
@@ -160,7 +161,8 @@ def length_penalty(length, alpha: float):
     return ((5.0 + length) / 6.0) ** alpha
 
 
-def beam_search(model, src: np.ndarray, beam_size: int = 4, alpha: float = 0.6, max_new_tokens: int = None,
+def beam_search(model, src: np.ndarray, beam_size: int = DEFAULT_BEAM, alpha: float = DEFAULT_ALPHA,
+                max_new_tokens: int = None,
                 return_attention: bool = False):
     """Keep the `beam_size` best partial translations per sentence; return the best finished one.
 
@@ -194,19 +196,11 @@ def beam_search(model, src: np.ndarray, beam_size: int = 4, alpha: float = 0.6, 
         scores = np.full((batch, k), -np.inf)
         parents = np.zeros((batch, k), dtype=np.int64)
         next_tokens = np.full((batch, k), PAD, dtype=np.int32)
-        for i in range(batch):
-            alive = 0
-            for flat in top[i]:
-                if done[i] or alive == k or not np.isfinite(candidates[i, flat]):
-                    break
-                beam, token = divmod(int(flat), vocab)
-                if token == EOS:
-                    attention = np.concatenate([attn_history[i, beam], weights[i * k + beam][None]])
-                    finished[i].append((candidates[i, flat] / length_penalty(t + 1, alpha),
-                                        history[i, beam].tolist(), attention))
-                else:
-                    scores[i, alive], parents[i, alive], next_tokens[i, alive] = candidates[i, flat], beam, token
-                    alive += 1
+        for i in np.flatnonzero(~done):
+            ended = _sort_candidates(candidates[i], top[i], vocab, (scores[i], parents[i], next_tokens[i]))
+            for beam, score in ended:
+                attention = np.concatenate([attn_history[i, beam], weights[i * k + beam][None]])
+                finished[i].append((score / length_penalty(t + 1, alpha), history[i, beam].tolist(), attention))
             best_live = scores[i].max() / length_penalty(t + 1, alpha)  # the live beams, normalised alike
             if len(finished[i]) >= k and max(f[0] for f in finished[i]) >= best_live:
                 done[i] = True
@@ -222,13 +216,27 @@ def beam_search(model, src: np.ndarray, beam_size: int = 4, alpha: float = 0.6, 
             capped[i] = [(scores[i, b] / length_penalty(t + 1, alpha), history[i, b].tolist(), attn_history[i, b])
                          for b in range(k) if np.isfinite(scores[i, b])]
             done[i], scores[i] = True, -np.inf
-    hyps, attns = [], []
-    for i in range(batch):
-        pool = finished[i] or capped[i]
-        _, best_tokens, best_attention = max(pool, key=lambda hyp: hyp[0])
-        hyps.append(best_tokens)
-        attns.append(best_attention)
+    best = [max(finished[i] or capped[i], key=lambda hyp: hyp[0]) for i in range(batch)]
+    hyps, attns = [tokens for _, tokens, _ in best], [attention for _, _, attention in best]
     return (hyps, attns) if return_attention else hyps
+
+
+def _sort_candidates(candidates, top, vocab: int, live) -> list:
+    """One sentence's best candidates, best first: those that continue fill `live` (scores,
+    parent beams, next tokens: arrays of k, filled in place) until k are alive; those that
+    end with <eos> are returned as (parent beam, score)."""
+    scores, parents, next_tokens = live
+    ended, alive = [], 0
+    for flat in top:
+        if alive == len(scores) or not np.isfinite(candidates[flat]):
+            break
+        beam, token = divmod(int(flat), vocab)
+        if token == EOS:
+            ended.append((beam, candidates[flat]))
+        else:
+            scores[alive], parents[alive], next_tokens[alive] = candidates[flat], beam, token
+            alive += 1
+    return ended
 
 
 class Translator:
@@ -249,7 +257,8 @@ class Translator:
             ids = ids[:self.max_src_len - 1] + [EOS]
         return ids
 
-    def translate_ids(self, sentences, beam_size: int = 1, alpha: float = 0.6, return_attention: bool = False):
+    def translate_ids(self, sentences, beam_size: int = DEFAULT_BEAM, alpha: float = DEFAULT_ALPHA,
+                      return_attention: bool = False):
         """Target id lists (and attention) for `sentences`, in input order."""
         encoded = [self.encode(s) for s in sentences]
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
@@ -269,7 +278,7 @@ class Translator:
                 attns[i] = out[1][row][:, :len(encoded[i])]
         return (hyps, attns) if return_attention else hyps
 
-    def translate(self, sentences, beam_size: int = 1, alpha: float = 0.6) -> list:
+    def translate(self, sentences, beam_size: int = DEFAULT_BEAM, alpha: float = DEFAULT_ALPHA) -> list:
         """Detokenized translations of `sentences` (a list of strings), in input order."""
         if isinstance(sentences, str):
             raise TypeError("translate() takes a list of sentences; wrap a single one in a list")

@@ -58,7 +58,8 @@ class Decoder(nn.Cell):
             cache += ((empty, empty) + layer.cross_attn.memory_cache(memory),)
         return cache
 
-    def construct(self, tgt, memory, src_mask=None, cache=None, position=None, tgt_mask=None, positions=None):
+    def construct(self, tgt, memory, src_mask=None, cache=None, position=None, tgt_mask=None, positions=None,
+                  hidden_only=False):
         """tgt (B, Lt) ids, memory (B, Ls, D), src_mask broadcastable to (B, 1, Lt, Ls).
 
         Without a cache, tgt is the whole (shifted) target and a causal mask hides the
@@ -68,7 +69,9 @@ class Decoder(nn.Cell):
         step (memory may be None: the cache holds it). For rows that pack several
         sentences, pass their self-attention mask `tgt_mask` (B, 1, Lt, Lt) and `positions`
         (B, Lt), each token's position in its sentence. Returns hidden states (B, Lt, D),
-        the new per-layer cache and the per-layer cross-attention weights.
+        the new per-layer cache and the per-layer cross-attention weights; with `hidden_only`
+        (training) the hidden states alone: outputs a gradient graph does not use make
+        MindSpore warn "Some side effect nodes were eliminated by mistake" (it only drops them).
         """
         if positions is not None:
             x = self.positions.at(self.embed(tgt), positions)
@@ -88,4 +91,6 @@ class Decoder(nn.Cell):
             weights += (w,)
         if self.final_norm is not None:
             x = self.final_norm(x)
+        if hidden_only:
+            return x
         return x, new_cache, weights

@@ -12,10 +12,12 @@ EXAMPLES = {
 
 def run_demo(data_dir, out, mirrors=(), minutes: float = 3.0) -> dict:
     """Multi30k if a mirror answers, else the embedded synthetic corpus; says which."""
-    from mindtrans.bundle import load_bundle, update_metadata
+    from mindtrans.bundle import load_bundle
+    from mindtrans.rundir import RunDir
     from mindtrans.evaluate import evaluate_bundle
     from mindtrans.fetch import FetchError, env_mirrors, fetch_multi30k
-    from mindtrans.train import TrainConfig, train
+    from mindtrans.train_config import TrainConfig
+    from mindtrans.training import train
 
     started = time.time()
     mirrors = list(mirrors) + env_mirrors()
@@ -43,7 +45,7 @@ def run_demo(data_dir, out, mirrors=(), minutes: float = 3.0) -> dict:
     translator = bundle.translator()
     for source, target in zip(EXAMPLES[corpus], translator.translate(EXAMPLES[corpus], beam_size=4)):
         print(f"  {source}\n   -> {target}")
-    update_metadata(out, {"test": scores})
+    RunDir(out).update_metadata({"test": scores})
     print(f"bundle saved in {Path(out).resolve()} (use it: mindtrans translate {out} \"Ein Hund rennt.\"); "
           f"{summary['steps']} steps, total {time.time() - started:.0f} s")
     return scores

@@ -15,7 +15,7 @@ its role through environment variables (`MS_ROLE`, `MS_WORKER_NUM`, `MS_SCHED_HO
 - a worker: data-parallel mode (`set_auto_parallel_context`), then `init()` joins the
   cluster over HCCL (Ascend), NCCL (GPU) or MCCL (CPU) and gives this process its rank.
 
-What the trainer does with the rank (see `mindtrans.train`): worker r reads shard r of
+What the trainer does with the rank (see `mindtrans.training`): worker r reads shard r of
 every epoch's batch plan through `mindspore.dataset`, the gradients are summed across the
 workers with `nn.DistributedGradReducer` and divided by the number of target tokens in
 the whole global batch, so that W workers take exactly the optimizer steps one process
@@ -59,9 +59,9 @@ def run_scheduler(out=None) -> None:
     try:
         init()
     except RuntimeError as err:
-        from pathlib import Path
+        from mindtrans.rundir import RunDir
 
-        latest = Path(out) / "latest.ckpt" if out else None
+        latest = RunDir(out).latest if out else None
         resume = (f" {latest} holds the last completed epoch: continue with --resume once the cause is fixed."
                   if latest and latest.is_file() else "")
         raise DistributedError(

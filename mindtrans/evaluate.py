@@ -1,15 +1,16 @@
 """Score a trained bundle on a whole split: BLEU (both ways), loss and perplexity."""
 import time
 
-from mindtrans.data import BucketBatcher, detokenize, encode_pairs, load_split, tokenize
+from mindtrans.batching import BucketBatcher
+from mindtrans.data import detokenize, encode_pairs, load_split, tokenize
+from mindtrans.decode import DEFAULT_ALPHA, DEFAULT_BEAM
 from mindtrans.metrics import perplexity, sacrebleu_score, tokenized_bleu
+from mindtrans.steps import validation_loss
 
 
-def evaluate_bundle(bundle, data_dir, split: str = "test2016", corpus: str = "multi30k", beam_size: int = 4,
-                    alpha: float = 0.6, limit: int = None) -> dict:
+def evaluate_bundle(bundle, data_dir, split: str = "test2016", corpus: str = "multi30k",
+                    beam_size: int = DEFAULT_BEAM, alpha: float = DEFAULT_ALPHA, limit: int = None) -> dict:
     """Translate every sentence of `split` (or the first `limit`) and score the output."""
-    from mindtrans.train import evaluate_loss
-
     pairs = load_split(data_dir, split, corpus=corpus)
     if limit:
         pairs = pairs[:limit]
@@ -20,7 +21,7 @@ def evaluate_bundle(bundle, data_dir, split: str = "test2016", corpus: str = "mu
     seconds = time.time() - started
     hyp_tokens = [bundle.tgt_vocab.decode(h) for h in ids]
     encoded = encode_pairs(pairs, bundle.src_vocab, bundle.tgt_vocab, max_len=bundle.config.max_len)
-    loss = evaluate_loss(bundle.model, BucketBatcher(encoded, max_len=bundle.config.max_len, shuffle=False))
+    loss = validation_loss(bundle.model, BucketBatcher(encoded, max_len=bundle.config.max_len, shuffle=False))
     bundle.model.set_train(False)
     return {
         "split": split, "corpus": corpus, "sentences": len(pairs), "beam_size": beam_size, "alpha": alpha,

@@ -66,6 +66,7 @@ from pathlib import Path, PureWindowsPath
 from typing import Callable, NamedTuple
 
 from mindtrans import multi30k_digests as digests
+from mindtrans.files import sha256_file
 
 DEFAULT_DATA_DIR = os.environ.get("MINDTRANS_DATA_DIR", "data")
 
@@ -197,11 +198,7 @@ def _is_verified(path, log):
     """True if `path` exists with its pinned sha256 (a corrupt one is reported)."""
     if not path.is_file():
         return False
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    if digest.hexdigest() == TEXT_SHA256[path.name]:
+    if sha256_file(path) == TEXT_SHA256[path.name]:
         return True
     log(f"{path} does not match its sha256; fetching it again.")
     return False

@@ -47,7 +47,7 @@ class Transformer(nn.Cell):
         return self.project(hidden), cache, weights
 
     def packed(self, src, src_segments, src_positions, tgt_in, tgt_segments, tgt_positions):
-        """Teacher forcing on rows that pack several sentence pairs (`mindtrans.data.PackedBatcher`).
+        """Teacher forcing on rows that pack several sentence pairs (`mindtrans.batching.PackedBatcher`).
 
         All arguments (B, L*) int32: ids, segment ids (k > 0: the row's k-th pair, 0: padding)
         and each token's position in its sentence. Attention stays inside a pair, so each
@@ -55,12 +55,11 @@ class Transformer(nn.Cell):
         """
         memory, _ = self.encoder(src, segment_mask(src_segments, src_segments), src_positions)
         tgt_mask = ops.logical_and(segment_mask(tgt_segments, tgt_segments), causal_mask(tgt_in.shape[1]))
-        hidden, _, _ = self.decoder(tgt_in, memory, segment_mask(tgt_segments, src_segments), None, None, tgt_mask,
-                                    tgt_positions)
+        hidden = self.decoder(tgt_in, memory, segment_mask(tgt_segments, src_segments), None, None, tgt_mask,
+                              tgt_positions, True)
         return self.project(hidden)
 
     def construct(self, src, tgt_in):
         """Teacher forcing: src (B, Ls), tgt_in (B, Lt) = <bos> y_1 .. y_{Lt-1} -> logits (B, Lt, V)."""
         memory, src_mask, _ = self.encode(src)
-        logits, _, _ = self.decode(tgt_in, memory, src_mask)
-        return logits
+        return self.project(self.decoder(tgt_in, memory, src_mask, None, None, None, None, True))

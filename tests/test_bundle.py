@@ -6,14 +6,15 @@ import mindspore as ms
 import numpy as np
 import pytest
 
-from mindtrans import bundle as bundle_module
 from mindtrans import checkpoint
-from mindtrans.bundle import BundleError, load_bundle
+from mindtrans.bundle import BundleError, load_bundle, save_bundle
 from mindtrans.config import TransformerConfig
 from mindtrans.corpus import synthetic_pairs
 from mindtrans.data import Vocab, tokenize
 from mindtrans.decode import Translator
+from mindtrans.files import sha256_file
 from mindtrans.model import Transformer
+from mindtrans.rundir import RunDir
 
 SENTENCES = ["Ein Mann fährt Fahrrad.", "Zwei Hunde spielen im Schnee.", ""]
 
@@ -31,7 +32,7 @@ def saved(tmp_path_factory):
     out = tmp_path_factory.mktemp("bundle")
     data_file = out.parent / "train.de"
     data_file.write_text("".join(s + "\n" for s, _ in pairs), encoding="utf-8")
-    bundle_module.write_static(out, config, src_vocab, tgt_vocab, {"train": {}, "corpus": "synthetic"}, [data_file])
+    RunDir(out).write_static(config, src_vocab, tgt_vocab, {"train": {}, "corpus": "synthetic"}, [data_file])
     checkpoint.atomic_save(model, out / "model.ckpt", extra={"epoch": 1, "step": 10, "val_loss": 3.0})
     return out, model, src_vocab, tgt_vocab
 
@@ -75,8 +76,8 @@ def test_metadata_records_versions_and_data_checksums(saved):
     out = saved[0]
     loaded = load_bundle(out)
     assert loaded.metadata["mindspore_version"] == ms.__version__
-    assert loaded.metadata["data_sha256"] == {"train.de": bundle_module.sha256_file(out.parent / "train.de")}
-    merged = bundle_module.update_metadata(out, {"test": {"bleu": 1.5}})
+    assert loaded.metadata["data_sha256"] == {"train.de": sha256_file(out.parent / "train.de")}
+    merged = RunDir(out).update_metadata({"test": {"bleu": 1.5}})
     assert merged["test"] == {"bleu": 1.5} and merged["mindspore_version"] == ms.__version__
     assert json.loads((out / "metadata.json").read_text())["test"] == {"bleu": 1.5}
 
@@ -173,3 +174,15 @@ def test_corrupt_metadata_names_the_file(copy):
     (copy / "metadata.json").write_text("{truncated")
     with pytest.raises(BundleError, match="metadata.json"):
         load_bundle(copy)
+
+
+def test_save_bundle_writes_what_load_bundle_reads(saved, tmp_path):
+    _, model, src_vocab, tgt_vocab = saved
+    out = save_bundle(tmp_path / "copy", model, src_vocab, tgt_vocab, metadata={"note": "saved by hand"})
+    assert sorted(p.name for p in out.path.iterdir()) == sorted(RunDir.BUNDLE + (RunDir.METADATA,))
+    loaded = load_bundle(out.path)
+    assert loaded.metadata == {"note": "saved by hand"} and loaded.config == model.config
+    for name, param in model.parameters_and_names():
+        np.testing.assert_array_equal(dict(loaded.model.parameters_and_names())[name].asnumpy(), param.asnumpy())
+    assert loaded.translator().translate_ids(SENTENCES[:2]) == Translator(model, src_vocab, tgt_vocab).translate_ids(
+        SENTENCES[:2])

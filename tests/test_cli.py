@@ -8,13 +8,14 @@ from pathlib import Path
 import mindspore as ms
 import pytest
 
-from mindtrans import bundle as bundle_module
 from mindtrans import checkpoint
+from mindtrans.bundle import load_bundle
 from mindtrans.cli import build_parser, main
 from mindtrans.config import TransformerConfig
 from mindtrans.corpus import write_synthetic
 from mindtrans.data import Vocab, load_split, tokenize
 from mindtrans.model import Transformer
+from mindtrans.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 40  # enough to learn to end sentences early: short outputs decode fast
@@ -129,7 +130,7 @@ def test_cli_train_writes_a_bundle_and_prints_the_summary(trained_run):
     assert summary["steps"] == STEPS and summary["stopped"] == f"reached --max-steps {STEPS}"
     assert summary["device"] == "CPU"
     assert "corpus synthetic" in result.stdout
-    for name in bundle_module.REQUIRED + ("latest.ckpt", "metadata.json", "log.csv", "log.json"):
+    for name in RunDir.BUNDLE + ("latest.ckpt", "metadata.json", "log.csv", "log.json"):
         assert (run / name).is_file(), name
     saved = json.loads((run / "train_config.json").read_text())["train"]
     assert (saved["preset"], saved["max_steps"], saved["batch_tokens"], saved["max_len"]) == ("tiny", STEPS, 256, 16)
@@ -173,7 +174,7 @@ def random_bundle(workdir):
     ms.set_seed(11)
     model = Transformer(config)
     out = workdir / "random"
-    bundle_module.write_static(out, config, src_vocab, tgt_vocab, {"train": {}, "corpus": "synthetic"})
+    RunDir(out).write_static(config, src_vocab, tgt_vocab, {"train": {}, "corpus": "synthetic"})
     checkpoint.atomic_save(model, out / "model.ckpt")
     return out
 
@@ -181,7 +182,7 @@ def random_bundle(workdir):
 def test_cli_translate_stdin_keeps_the_input_order(random_bundle, workdir):
     sentences = ["Ein Mann fährt Fahrrad.", "Zwei Hunde spielen im Schnee.", "",
                  "Drei Frauen lesen eine Zeitung am Strand."]
-    expected = bundle_module.load_bundle(random_bundle).translator().translate(sentences, beam_size=1)
+    expected = load_bundle(random_bundle).translator().translate(sentences, beam_size=1)
     assert len(set(expected)) == len(expected), "identical outputs would make the order check vacuous"
     # batch size 2: the sentences are decoded in length-sorted chunks, then put back in order
     piped = mindtrans("translate", random_bundle, "--beam", 1, "--batch-size", 2, cwd=workdir,

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mindtrans.data import (BOS, EOS, PAD, SPECIALS, UNK, BucketBatcher, Vocab, bucket_batch_size,
-                            bucket_lengths, detokenize, encode_pairs, fixed_length_padding_ratio,
-                            load_split, read_parallel, tokenize)
+from mindtrans.batching import BucketBatcher, bucket_batch_size, bucket_lengths, fixed_length_padding_ratio
+from mindtrans.data import (BOS, EOS, PAD, SPECIALS, UNK, Vocab, detokenize, encode_pairs, load_split,
+                            read_parallel, tokenize)
 
 SHARED_MULTI30K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "multi30k"
 # name in the shared gzip copy -> name in the layout `mindtrans fetch` produces

@@ -6,11 +6,13 @@ from mindspore import nn, ops
 
 from mindtrans.config import TransformerConfig
 from mindtrans.corpus import synthetic_pairs
-from mindtrans.data import BOS, EOS, PAD, UNK, BucketBatcher, Vocab, encode_pairs, tokenize
+from mindtrans.batching import BucketBatcher
+from mindtrans.data import BOS, EOS, PAD, UNK, Vocab, encode_pairs, tokenize
 from mindtrans.decode import Translator, beam_search, default_max_new_tokens, greedy_decode, length_penalty
 from mindtrans.model import Transformer
 from mindtrans.schedule import WarmupSchedule
-from mindtrans.train import TrainConfig, make_train_step
+from mindtrans.steps import make_train_step
+from mindtrans.train_config import TrainConfig
 
 MAX_LEN = 32  # the model's max_len: longer inputs are truncated
 EPOCHS = 25   # of 4 batches

@@ -30,9 +30,11 @@ from mindtrans import checkpoint, distributed
 from mindtrans.bundle import load_bundle
 from mindtrans.cli import build_parser
 from mindtrans.corpus import write_synthetic
-from mindtrans.data import load_split
-from mindtrans.train import (TrainConfig, build_vocabs, epoch_batches, make_batcher, make_global_batch_step,
-                             make_train_step, remove_stale_temporaries, train)
+from mindtrans.data import build_vocabs, load_split
+from mindtrans.rundir import RunDir
+from mindtrans.steps import epoch_batches, make_global_batch_step, make_train_step
+from mindtrans.train_config import TrainConfig
+from mindtrans.training import make_batcher, train
 
 psutil = pytest.importorskip("psutil")  # a dependency of MindSpore (msrun uses it)
 
@@ -224,7 +226,7 @@ def test_stale_temporary_files_are_removed_and_real_files_kept(tmp_path):
     kept = ["latest.ckpt", "model.ckpt", "log.json", "notes.tmp", ".other.abc.tmp.ckpt"]
     for name in stale + kept:
         (tmp_path / name).write_text("x")
-    removed = remove_stale_temporaries(tmp_path)
+    removed = RunDir(tmp_path).remove_stale_temporaries()
     assert sorted(p.name for p in removed) == sorted(stale)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)
 
@@ -286,7 +288,7 @@ def test_accumulating_two_batches_is_one_step_on_both(batchers):
         before = [p.asnumpy().copy() for p in model.trainable_params()]
         optimizer = nn.SGD(model.trainable_params(), learning_rate=1.0)
         if accumulate:
-            loss, _, tokens, finite, flags = make_global_batch_step(model, optimizer, cfg)([b0, b1], [0.0, 1.0])
+            loss, tokens, finite, flags = make_global_batch_step(model, optimizer, cfg)([b0, b1], lambda: [0.0, 1.0])
             assert finite and list(flags) == [0.0, 1.0]
         else:
             step = make_train_step(model, optimizer, cfg)

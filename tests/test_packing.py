@@ -9,9 +9,12 @@ from mindspore import nn
 from mindtrans import checkpoint
 from mindtrans.attention import segment_mask
 from mindtrans.corpus import write_synthetic
-from mindtrans.data import BOS, EOS, PAD, BucketBatcher, PackedBatcher
+from mindtrans.batching import BucketBatcher, PackedBatcher
+from mindtrans.data import BOS, EOS, PAD
 from mindtrans.model import Transformer
-from mindtrans.train import TrainConfig, make_train_step, train
+from mindtrans.steps import make_train_step
+from mindtrans.train_config import TrainConfig
+from mindtrans.training import train
 
 
 def random_pairs(n, low=1, high=12, vocab=40, seed=0):
@@ -182,7 +185,7 @@ def test_packed_training_resumes_exactly(data_dir, tmp_path):
 def test_runs_saved_before_packing_resume_with_bucketed_batches(data_dir, tmp_path, monkeypatch):
     import json
 
-    from mindtrans import train as train_module
+    from mindtrans import training as train_module
 
     cfg = TrainConfig(preset="tiny", corpus="synthetic", epochs=1, batch_tokens=64, max_len=8, min_freq=1,
                       pack=False, max_steps=2)

@@ -18,15 +18,20 @@ from mindspore import nn
 
 import mindtrans
 from mindtrans import checkpoint
-from mindtrans import train as train_module
+from mindtrans import training as train_module
+from mindtrans.averaging import average_weights
+from mindtrans.batching import BucketBatcher
 from mindtrans.bundle import load_bundle
 from mindtrans.config import TransformerConfig
 from mindtrans.corpus import synthetic_pairs, write_synthetic
-from mindtrans.data import BOS, EOS, BucketBatcher, Vocab, detokenize, encode_pairs, tokenize
+from mindtrans.data import BOS, EOS, Vocab, detokenize, encode_pairs, tokenize
 from mindtrans.decode import Translator
 from mindtrans.model import Transformer
+from mindtrans.rundir import RunDir
 from mindtrans.schedule import WarmupSchedule
-from mindtrans.train import NonFiniteLossError, TrainConfig, make_train_step, train
+from mindtrans.steps import clip_by_global_norm, make_train_step
+from mindtrans.train_config import TrainConfig
+from mindtrans.training import NonFiniteLossError, train
 
 N_TRAIN = 64
 BATCHES_PER_EPOCH = N_TRAIN // 8      # batch_tokens 64 / length 8 = 8 rows
@@ -216,6 +221,17 @@ def test_resume_without_more_steps_trains_nothing(data_dir, stopped_run, tmp_pat
     assert summary["steps"] == STOP_AT
     assert summary["stopped"] == f"reached --max-steps {STOP_AT}"
     assert sha256(out / "latest.ckpt") == before
+
+
+def test_resume_says_which_flags_it_ignores(data_dir, stopped_run, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(stopped_run[0], out)
+    cfg = dataclasses.replace(CFG, max_steps=STOP_AT, lr=CFG.lr * 2, seed=5)
+    summary = train(data_dir, out, cfg, resume=True, verbose=True)
+    assert summary["steps"] == STOP_AT  # nothing to train: the run keeps its own lr and seed
+    warning = next(line for line in capsys.readouterr().out.splitlines() if "ignored:" in line)
+    assert f"--lr {CFG.lr * 2} (saved: {CFG.lr})" in warning and "--seed 5 (saved: 0)" in warning
+    assert "--max-steps" not in warning.split("ignored:")[1].split("(only")[0]
 
 
 def test_resume_needs_a_latest_checkpoint(data_dir, tmp_path):
@@ -455,23 +471,23 @@ def test_average_weights_is_the_element_wise_mean(tmp_path):
     a, b = nn.Dense(3, 2), nn.Dense(3, 2)
     checkpoint.atomic_save(a, tmp_path / "a.ckpt")
     checkpoint.atomic_save(b, tmp_path / "b.ckpt")
-    mean = train_module.average_weights([tmp_path / "a.ckpt", tmp_path / "b.ckpt"])
+    mean = average_weights([tmp_path / "a.ckpt", tmp_path / "b.ckpt"])
     np.testing.assert_allclose(mean["weight"], (a.weight.asnumpy() + b.weight.asnumpy()) / 2, rtol=1e-6)
     np.testing.assert_allclose(mean["bias"], (a.bias.asnumpy() + b.bias.asnumpy()) / 2, rtol=1e-6)
     checkpoint.atomic_save(nn.Dense(4, 2), tmp_path / "c.ckpt")
     with pytest.raises(ValueError, match="cannot average .*c.ckpt: weight has shape"):
-        train_module.average_weights([tmp_path / "a.ckpt", tmp_path / "c.ckpt"])
+        average_weights([tmp_path / "a.ckpt", tmp_path / "c.ckpt"])
 
 
 def test_average_last_keeps_the_last_epochs_and_uses_their_mean_only_if_validation_improves(data_dir, tmp_path):
     out = tmp_path / "run"
     summary = run_train(data_dir, out, epochs=3, average_last=2)
-    kept = sorted(path.name for path in (out / train_module.EPOCHS_DIR).iterdir())
+    kept = sorted(path.name for path in (out / RunDir.EPOCHS).iterdir())
     assert kept == ["epoch_002.ckpt", "epoch_003.ckpt"]  # epoch 1 was pruned
     averaging = summary["averaging"]
     assert averaging["epochs"] == [2, 3]
     best, extra = load(out / "model.ckpt")
-    mean = train_module.average_weights([out / "epochs" / name for name in kept])
+    mean = average_weights([out / "epochs" / name for name in kept])
     history = json.loads((out / "log.json").read_text())
     best_single = min(row["val_loss"] for row in history)
     assert averaging["kept"] == (averaging["val_loss"] < best_single)
@@ -499,7 +515,7 @@ def test_clip_by_global_norm_matches_numpy(clip_norm, compiled):
     expected = [g * (clip_norm / max(norm, clip_norm)) for g in grads]
 
     def clip(gs):
-        return train_module.clip_by_global_norm(gs, clip_norm)
+        return clip_by_global_norm(gs, clip_norm)
 
     clip = ms.jit(clip) if compiled else clip
     clipped, finite = clip(tuple(ms.Tensor(g) for g in grads))
@@ -515,5 +531,5 @@ def test_clip_by_global_norm_matches_numpy(clip_norm, compiled):
 def test_clip_by_global_norm_flags_any_non_finite_gradient(bad):
     grads = [np.ones((4, 3), np.float32), np.ones(6, np.float32)]
     grads[1][2] = bad
-    _, finite = train_module.clip_by_global_norm(tuple(ms.Tensor(g) for g in grads), 1.0)
+    _, finite = clip_by_global_norm(tuple(ms.Tensor(g) for g in grads), 1.0)
     assert not bool(finite.asnumpy())

@@ -1,0 +1,119 @@
+"""The run directory: the one owner of every file name a training run and a model bundle use.
+
+    config.json        TransformerConfig (the architecture)
+    src_vocab.json     source vocabulary     tgt_vocab.json   target vocabulary
+    model.ckpt         the published weights (best validation loss, or an average)
+    train_config.json  the training arguments, the data directory and corpus
+    metadata.json      versions, data checksums, final metrics
+    latest.ckpt        the resumable training state (weights, optimizer, progress)
+    log.csv, log.json  one row per epoch
+    epochs/            the weights after each of the last epochs (checkpoint averaging)
+
+The first four are a bundle: what translation needs (`mindtrans.bundle`). Every file is
+written to a hidden temporary name beside it and renamed into place.
+"""
+import csv
+import io
+import json
+import platform
+from pathlib import Path
+
+from mindtrans.files import atomic_write_text, sha256_file
+
+
+class RunDir:
+    """Paths and small JSON files of one run directory; nothing is read or written until asked."""
+
+    CONFIG = "config.json"
+    SRC_VOCAB = "src_vocab.json"
+    TGT_VOCAB = "tgt_vocab.json"
+    MODEL = "model.ckpt"
+    TRAIN_CONFIG = "train_config.json"
+    METADATA = "metadata.json"
+    LATEST = "latest.ckpt"
+    LOG_JSON = "log.json"
+    LOG_CSV = "log.csv"
+    EPOCHS = "epochs"
+    BUNDLE = (CONFIG, SRC_VOCAB, TGT_VOCAB, MODEL)  # what translation needs
+    FILES = BUNDLE + (TRAIN_CONFIG, METADATA, LATEST, LOG_JSON, LOG_CSV)
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def __truediv__(self, name) -> Path:
+        return self.path / name
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    @property
+    def latest(self) -> Path:
+        return self.path / self.LATEST
+
+    @property
+    def model(self) -> Path:
+        return self.path / self.MODEL
+
+    def epoch_checkpoint(self, epoch: int) -> Path:
+        """epochs/epoch_NNN.ckpt: the weights after `epoch` (1-based)."""
+        return self.path / self.EPOCHS / f"epoch_{epoch:03d}.ckpt"
+
+    def epoch_checkpoints(self) -> list:
+        """The kept epoch checkpoints, oldest first."""
+        return sorted((self.path / self.EPOCHS).glob("epoch_*.ckpt"))
+
+    def read_json(self, name: str):
+        return json.loads((self.path / name).read_text(encoding="utf-8"))
+
+    def write_json(self, name: str, data) -> None:
+        atomic_write_text(self.path / name, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+
+    def train_info(self) -> dict:
+        """train_config.json: {"train": TrainConfig fields, "data_dir": ..., "corpus": ...}."""
+        return self.read_json(self.TRAIN_CONFIG)
+
+    def write_static(self, config, src_vocab, tgt_vocab, train_info: dict, data_files=()) -> None:
+        """The files that do not change while training: config, vocabularies, train_config, metadata."""
+        import mindspore as ms
+
+        import mindtrans
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.write_json(self.CONFIG, config.to_dict())
+        src_vocab.save(self.path / self.SRC_VOCAB)
+        tgt_vocab.save(self.path / self.TGT_VOCAB)
+        self.write_json(self.TRAIN_CONFIG, train_info)
+        self.write_json(self.METADATA, {
+            "mindtrans_version": mindtrans.__version__, "mindspore_version": ms.__version__,
+            "python": platform.python_version(), "platform": platform.platform(),
+            "data_sha256": {Path(p).name: sha256_file(p) for p in data_files if Path(p).is_file()},
+        })
+
+    def update_metadata(self, updates: dict) -> dict:
+        """Merge `updates` into metadata.json (e.g. final metrics) and return the result."""
+        path = self.path / self.METADATA
+        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        data.update(updates)
+        self.write_json(self.METADATA, data)
+        return data
+
+    def write_log(self, history: list) -> None:
+        """log.json and log.csv: one row per epoch."""
+        self.write_json(self.LOG_JSON, history)
+        if history:
+            buf = io.StringIO()
+            writer = csv.DictWriter(buf, fieldnames=list(history[-1]))
+            writer.writeheader()
+            writer.writerows(history)
+            atomic_write_text(self.path / self.LOG_CSV, buf.getvalue())
+
+    def remove_stale_temporaries(self) -> list:
+        """Delete the temporary files an interrupted save left behind (a process killed while
+        writing, e.g. by msrun when another worker died); the real files are never touched."""
+        patterns = {f".{Path(name).stem}.*.tmp.ckpt" for name in self.FILES if name.endswith(".ckpt")}
+        patterns |= {f".{name}.*.tmp" for name in self.FILES}
+        patterns.add(f"{self.EPOCHS}/.epoch_*.tmp.ckpt")
+        removed = sorted({path for pattern in patterns for path in self.path.glob(pattern) if path.is_file()})
+        for path in removed:
+            path.unlink()
+        return removed

@@ -1,0 +1,108 @@
+"""`TrainConfig`: every training option, defined once. The `mindtrans train` flags are made
+from its fields (`add_arguments`), and a saved configuration is read back strictly."""
+from dataclasses import asdict, dataclass, field, fields
+from typing import Optional
+
+from mindtrans.config import PRESETS
+from mindtrans.schedule import SCHEDULES
+
+CORPORA = ("auto", "multi30k", "synthetic")
+RESUME_OVERRIDES = ("epochs", "max_steps", "max_minutes")  # what a resumed run takes from the command line
+
+
+def option(default, help: str, **argparse_kwargs):
+    """A field with its command-line help (and choices, or a flag of its own)."""
+    return field(default=default, metadata={"help": help, **argparse_kwargs})
+
+
+@dataclass
+class TrainConfig:
+    """Training hyper-parameters (the architecture lives in `TransformerConfig`)."""
+
+    preset: str = option("small", "model size", choices=sorted(PRESETS))
+    corpus: str = option("auto", "'auto': Multi30k if fetched into --data-dir, else the embedded synthetic corpus",
+                         choices=CORPORA)
+    epochs: int = option(10, "passes over the training data")
+    max_steps: int = option(0, "stop after N optimizer steps in total (0: no limit)")
+    max_minutes: float = option(0.0, "stop after M minutes of training in this process (0: no limit)")
+    batch_tokens: int = option(4096, "padded tokens per side in a batch")
+    pack: bool = option(True, "pad each batch to a bucket length instead of packing several sentences per row "
+                              "(packing gives every batch one shape, so one static graph; it needs one process and "
+                              "--accum-steps 1)", flag="--no-pack")
+    accum_steps: int = option(1, "batches per optimizer step (gradient accumulation), on each worker: the global "
+                                 "batch is batch-tokens x accum-steps x workers")
+    lr: float = option(1e-3, "peak learning rate, reached at the end of warm-up")
+    warmup_steps: int = option(400, "linear warm-up steps")
+    schedule: str = option("inverse_sqrt", "decay after warm-up", choices=SCHEDULES)
+    label_smoothing: float = option(0.1, "label smoothing of the loss")
+    clip_norm: float = option(1.0, "global gradient-norm clip")
+    dropout: Optional[float] = option(None, "dropout (default: the preset's)")
+    seed: int = option(0, "the same seed gives the same run")
+    amp: str = option("auto", "mixed precision with loss scaling ('auto': on for Ascend/GPU, off for CPU)",
+                      choices=("auto", "on", "off"))
+    mode: str = option("graph", "'graph' compiles the train step; 'pynative' runs eagerly, for debugging",
+                       choices=("graph", "pynative"))
+    max_len: int = option(128, "longest sentence in tokens, <bos>/<eos> included; longer ones are cut")
+    min_freq: int = option(2, "rarer words become <unk>")
+    average_last: int = option(0, "at the end, average the weights of the last N epochs and keep the mean if its "
+                                  "validation loss is lower (0: off)")
+
+    def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if "choices" in f.metadata and value not in f.metadata["choices"]:
+                raise ValueError(f"{f.name} must be one of {tuple(f.metadata['choices'])}, got {value!r}")
+        for name in ("epochs", "batch_tokens", "accum_steps", "max_len", "min_freq"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.average_last < 0 or self.average_last == 1:
+            raise ValueError(f"average_last must be 0 (off) or at least 2 epochs, got {self.average_last}")
+        if self.lr <= 0 or self.clip_norm <= 0 or not 0 <= self.label_smoothing < 1:
+            raise ValueError("lr and clip_norm must be positive and label_smoothing in [0, 1)")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        """A saved configuration, strictly: unknown keys raise. Runs saved by older versions
+        lack `pack` (they used length buckets) and spell "the preset's dropout" as -1."""
+        data = dict(data)
+        data.setdefault("pack", False)
+        if data.get("dropout") is not None and data["dropout"] < 0:
+            data["dropout"] = None
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields {unknown}; known fields: {[f.name for f in fields(cls)]}")
+        return cls(**data)
+
+    def differences(self, other: "TrainConfig") -> dict:
+        """{field: (this value, other's)} where the two differ."""
+        return {f.name: (getattr(self, f.name), getattr(other, f.name)) for f in fields(self)
+                if getattr(self, f.name) != getattr(other, f.name)}
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a TrainConfig field: --max-steps for max_steps."""
+    f = next(f for f in fields(TrainConfig) if f.name == name)
+    return f.metadata.get("flag", "--" + name.replace("_", "-"))
+
+
+def add_arguments(parser) -> None:
+    """One flag per TrainConfig field, with its type, default, choices and help."""
+    for f in fields(TrainConfig):
+        if f.type in (bool, "bool"):  # a switch that turns the default (True) off
+            parser.add_argument(flag(f.name), dest=f.name, action="store_false", help=f.metadata["help"])
+            continue
+        kind = float if f.name == "dropout" else type(f.default)
+        extra = {"choices": f.metadata["choices"]} if "choices" in f.metadata else {}
+        default = "the preset's" if f.default is None else "%(default)s"
+        parser.add_argument(flag(f.name), dest=f.name, type=kind, default=f.default,
+                            help=f"{f.metadata['help']} (default: {default})", **extra)
+
+
+def from_args(args) -> TrainConfig:
+    """The TrainConfig that `add_arguments`' flags spell."""
+    return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
