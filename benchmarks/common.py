@@ -55,8 +55,8 @@ def preset_train_step(preset: str, src_vocab, tgt_vocab, dynamic_shapes: bool = 
     """(model config, compiled train step) for a fresh `preset` model with training's Adam settings;
     see `make_train_step` for `dynamic_shapes` and `packed`."""
     import mindspore as ms
-    from mindspore import nn
 
+    from mindtrans import compat
     from mindtrans.config import TransformerConfig
     from mindtrans.model import Transformer
     from mindtrans.steps import make_train_step
@@ -66,7 +66,7 @@ def preset_train_step(preset: str, src_vocab, tgt_vocab, dynamic_shapes: bool = 
     ms.set_seed(0)
     model = Transformer(config)
     model.set_train(True)
-    optimizer = nn.Adam(model.trainable_params(), learning_rate=1e-4, beta1=0.9, beta2=0.98, eps=1e-9)
+    optimizer = compat.adam(model.trainable_params(), learning_rate=1e-4, beta1=0.9, beta2=0.98, eps=1e-9)
     return config, make_train_step(model, optimizer, TrainConfig(preset=preset), dynamic_shapes=dynamic_shapes,
                                    packed=packed)
 
