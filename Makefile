@@ -33,12 +33,17 @@ demo: $(STAMP)
 # (fast mode too: the kernels inherit it from the server) and saves screenshots to
 # artifacts/screenshots/. It needs Debian's chromium and Playwright, installed once
 # (scripts/install_browser_deps.sh); where they cannot be, it is reported as skipped.
+# The lessons keep about one core busy, so the compatibility suite (below) runs beside them,
+# into a log that is printed when both are done; either failing fails the target.
 test: $(STAMP) $(BROWSER_STAMP)
 	$(PY) -m pytest tests --ignore=tests/browser -n auto --dist loadfile
+	@scripts/test_compat.sh > $(VENV)/test-compat.log 2>&1 & compat=$$!; \
+	echo "compatibility suite running beside the lessons (log: $(VENV)/test-compat.log)"; \
 	MINDTRANS_FAST=1 $(PY) -m pytest --nbval-lax --nbval-current-env \
-		--nbval-sanitize-with notebooks/nbval_sanitize.cfg --nbval-cell-timeout 600 notebooks
-	MINDTRANS_FAST=1 $(PY) -m pytest tests/browser
-	$(MAKE) test-compat
+		--nbval-sanitize-with notebooks/nbval_sanitize.cfg --nbval-cell-timeout 600 notebooks && \
+	MINDTRANS_FAST=1 $(PY) -m pytest tests/browser; lessons=$$?; \
+	wait $$compat; compat_status=$$?; cat $(VENV)/test-compat.log; \
+	test $$lessons -eq 0 && test $$compat_status -eq 0
 
 # The model, train-step, decode and CLI tests on MindSpore 2.0.0 (Python 3.9) and 2.7.0
 # (Python 3.10), in venvs cached under ~/.cache/mindtrans/compat (scripts/test_compat.sh).
