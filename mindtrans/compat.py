@@ -20,7 +20,6 @@ import re
 import sys
 
 SUPPORTED = ((2, 3), (2, 10))  # the versions the package is written for (README: compatibility table)
-TESTED = ("2.0.0", "2.7.0", "2.10.0")  # what CI runs the suites on (make test-compat)
 
 # feature -> (first version that has it, last version that has it or None)
 FEATURES = {

@@ -3,10 +3,11 @@ from its fields (`add_arguments`), and a saved configuration is read back strict
 from dataclasses import asdict, dataclass, field, fields
 from typing import Optional
 
+from mindtrans import data
 from mindtrans.config import PRESETS
 from mindtrans.schedule import SCHEDULES
 
-CORPORA = ("auto", "multi30k", "synthetic")
+CORPORA = ("auto",) + data.CORPORA  # "auto": Multi30k when fetched, else the synthetic corpus
 RESUME_OVERRIDES = ("epochs", "max_steps", "max_minutes")  # what a resumed run takes from the command line
 
 
