@@ -19,9 +19,9 @@ def average_weights(paths) -> dict:
     """name -> float32 array: the element-wise mean of the checkpoints in `paths` (all of one model)."""
     total = {}
     for path in paths:
-        params, _ = checkpoint.load(path)
-        for name, param in params.items():
-            value = param.asnumpy().astype(np.float64)
+        arrays, _ = checkpoint.load(path)
+        for name, param in arrays.items():
+            value = param.astype(np.float64)
             if name in total and total[name].shape != value.shape:
                 raise ValueError(f"cannot average {path}: {name} has shape {value.shape}, not {total[name].shape}")
             total[name] = total.get(name, 0.0) + value
@@ -45,6 +45,7 @@ def try_averaged_weights(model, run: RunDir, last: int, val_batches, best_val_lo
     if kept:
         checkpoint.atomic_save(model, run.model, extra={"epoch": epochs[-1], "step": step, "val_loss": val["loss"],
                                                         "averaged_epochs": epochs})
+        run.record_digests()
     else:  # the model in memory goes back to the last epoch's weights
         for param in model.get_parameters():
             param.set_data(ms.Tensor(before[param.name]))

@@ -45,6 +45,7 @@ def save_bundle(path, model, src_vocab: Vocab, tgt_vocab: Vocab, metadata: dict 
     checkpoint.atomic_save(model, run.model)
     if metadata is not None:
         run.update_metadata(metadata)
+    run.record_digests()
     return run
 
 
@@ -67,14 +68,19 @@ def load_bundle(path, weights: str = RunDir.MODEL) -> Bundle:
     try:
         saved, _ = checkpoint.load(run / weights)
         model = Transformer(config)
-        checkpoint.restore(model.get_parameters(), saved, run / weights, source=RunDir.CONFIG)
+        checkpoint.restore(model.get_parameters(), saved, run / weights, source=RunDir.CONFIG,
+                           weights_only=weights != RunDir.MODEL)
     except ValueError as err:
         raise BundleError(str(err)) from err
     model.set_train(False)
     try:
         metadata = run.read_json(RunDir.METADATA) if (run / RunDir.METADATA).is_file() else {}
-    except ValueError as err:
-        raise BundleError(f"{run / RunDir.METADATA} is not valid JSON: {err}") from err
+        changed = run.changed_files(RunDir.BUNDLE[:3] + (weights,))
+    except (ValueError, AttributeError) as err:
+        raise BundleError(f"{run / RunDir.METADATA} is not a valid metadata file: {err}") from err
+    if changed:
+        raise BundleError(f"{run / changed[0]} changed after the bundle was saved (its sha256 is not the one "
+                          f"{RunDir.METADATA} records): restore the original file, or train the model again")
     return Bundle(run.path, config, model, src_vocab, tgt_vocab, metadata)
 
 

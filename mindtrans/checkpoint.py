@@ -6,61 +6,99 @@ import tempfile
 from pathlib import Path
 
 import mindspore as ms
+import numpy as np
 
-from mindtrans.files import default_file_mode
+from mindtrans import compat
+from mindtrans.checkpoint_reader import DTYPES, CheckpointFormatError, read_checkpoint
+from mindtrans.files import SaveError, default_file_mode, describe_os_error
+
+EXTRA = "mindtrans_extra"  # the JSON string entry atomic_save adds beside the tensors
 
 
 def atomic_save(params, path, extra: dict = None) -> None:
     """Save `params` (a Cell or a list of Parameters) and an optional JSON-able `extra` dict.
 
     Writes to a temporary file beside `path`, then renames it into place, so readers
-    only ever see the previous complete file or the new complete one.
+    only ever see the previous complete file or the new complete one. A failed save (a full
+    disk, no permission) raises SaveError, keeps the previous file and removes every
+    temporary, MindSpore's own `<temporary>.tmp` included.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.ckpt", dir=path.parent)
-    os.close(fd)
     try:
-        append = {"mindtrans_extra": json.dumps(extra)} if extra is not None else None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.ckpt", dir=path.parent)
+    except OSError as err:
+        raise SaveError(f"cannot save {path}: {describe_os_error(err)}") from None
+    os.close(fd)
+    temporaries = (tmp, os.path.splitext(tmp)[0] + ".tmp")  # MindSpore writes the second, then renames it
+    try:
+        append = {EXTRA: json.dumps(extra)} if extra is not None else None
         if isinstance(params, (list, tuple)):  # as {name, data} dicts: what every MindSpore 2.x accepts
             params = [{"name": p.name, "data": p} for p in params]
-        ms.save_checkpoint(params, tmp, append_dict=append)
+        with compat.quiet_mindspore_log():
+            ms.save_checkpoint(params, tmp, append_dict=append)
         os.chmod(tmp, default_file_mode())  # MindSpore writes checkpoints read-only for the owner
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        kept = f"; the previous {path.name} is kept" if path.is_file() else ""
+        raise SaveError(f"cannot save {path}: {describe_os_error(err)}{kept}") from None
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        for leftover in temporaries:
+            if os.path.exists(leftover):
+                os.remove(leftover)
 
 
 def load(path) -> tuple:
-    """(name -> Parameter dict, extra dict or None) from a file written by `atomic_save`."""
+    """(name -> NumPy array dict, extra dict or None) from a file written by `atomic_save`.
+
+    The file is parsed and checked by `checkpoint_reader` (never by MindSpore's native
+    loader, which crashes on crafted files); anything malformed raises ValueError.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        params = ms.load_checkpoint(str(path))
-    except (ValueError, RuntimeError, TypeError, OSError) as err:
-        raise ValueError(f"checkpoint {path} is corrupt or not a MindSpore checkpoint: {err}") from err
-    extra = params.pop("mindtrans_extra", None)
+        arrays = read_checkpoint(path)
+    except CheckpointFormatError as err:
+        raise ValueError(f"checkpoint {path} is corrupt or not a MindSpore checkpoint: {err}") from None
+    extra = arrays.pop(EXTRA, None)
     if extra is not None:
-        extra = json.loads(extra.asnumpy().item() if hasattr(extra, "asnumpy") else str(extra))
-    return params, extra
+        try:
+            extra = json.loads(extra)
+        except (TypeError, ValueError):
+            extra = None
+        if not isinstance(extra, dict):
+            raise ValueError(f"checkpoint {path} is corrupt: its {EXTRA} entry is not a JSON object")
+    strings = [name for name, value in arrays.items() if isinstance(value, str)]
+    if strings:
+        raise ValueError(f"checkpoint {path} holds text where weights belong: {strings[:3]}")
+    return arrays, extra
 
 
-def restore(params, saved: dict, path, source: str = "the model") -> None:
-    """Copy the `saved` values (from `load`) into `params` in place. A missing or misshapen
-    entry raises ValueError: "<path> does not match <source>: ..." with the names or shapes."""
+def restore(params, saved: dict, path, source: str = "the model", weights_only: bool = False) -> None:
+    """Copy the `saved` arrays (from `load`) into `params` in place.
+
+    Every parameter needs an entry of its shape and dtype, with finite values, and no entry
+    may be left over (unless `weights_only`: the model's weights read from a training state);
+    otherwise ValueError: "<path> does not match <source>: ...".
+    """
     params = list(params)
-    absent = [param.name for param in params if param.name not in saved]
-    if absent:
-        raise ValueError(f"{path} does not match {source}: no weights for {absent[:3]}"
-                         f"{' ...' if len(absent) > 3 else ''}")
+    names = {param.name for param in params}
+    absent = [name for name in names if name not in saved]
+    unused = [] if weights_only else [name for name in saved if name not in names]
+    for problem, listed in (("no weights for", sorted(absent)), ("weights it does not use:", sorted(unused))):
+        if listed:
+            raise ValueError(f"{path} does not match {source}: {problem} {listed[:3]}"
+                             f"{' ...' if len(listed) > 3 else ''}")
     for param in params:
-        value = saved[param.name]
-        if tuple(value.shape) != tuple(param.shape):
-            raise ValueError(f"{path} does not match {source}: {param.name} has shape {tuple(value.shape)}, "
-                             f"{source} implies {tuple(param.shape)}")
-        param.set_data(value.astype(param.dtype))
+        value, expected = saved[param.name], np.dtype(DTYPES[str(param.dtype)])
+        if tuple(value.shape) != tuple(param.shape) or value.dtype != expected:
+            raise ValueError(f"{path} does not match {source}: {param.name} has shape {tuple(value.shape)} of "
+                             f"{value.dtype}, {source} implies {tuple(param.shape)} of {expected}")
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise ValueError(f"{path} is corrupt: {param.name} holds NaN or infinite values")
+    for param in params:
+        param.set_data(ms.Tensor(saved[param.name]))
 
 
 def training_state(model, optimizer, loss_scaler=None) -> list:

@@ -19,19 +19,42 @@ def add_device(parser):
                         help="force a device (default: the best available, or $MINDTRANS_DEVICE)")
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def finite_non_negative(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
 def add_search_arguments(parser):
     from mindtrans.decode import DEFAULT_ALPHA, DEFAULT_BEAM
 
-    parser.add_argument("--beam-size", "--beam", dest="beam_size", type=int, default=DEFAULT_BEAM,
+    parser.add_argument("--beam-size", "--beam", dest="beam_size", type=positive_int, default=DEFAULT_BEAM,
                         help="beam size; 1 is greedy (default: %(default)s)")
-    parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
+    parser.add_argument("--alpha", type=finite_non_negative, default=DEFAULT_ALPHA,
                         help="length penalty exponent (default: %(default)s)")
 
 
 def cmd_fetch(args):
     from mindtrans.fetch import env_mirrors, fetch_multi30k
 
-    path = fetch_multi30k(args.data_dir, args.mirrors + env_mirrors(), insecure=args.insecure, timeout=args.timeout)
+    path = fetch_multi30k(args.data_dir, args.mirrors + env_mirrors(), insecure=args.insecure, timeout=args.timeout,
+                          deadline=args.deadline)
     print(f"Multi30k is in {path}")
 
 
@@ -43,7 +66,7 @@ def cmd_train(args):
 
     if args.device:
         select_device(args.device, verbose=False)
-    summary = train(args.data_dir, args.out, from_args(args), resume=args.resume)
+    summary = train(args.data_dir, args.out, from_args(args), resume=args.resume, overwrite=args.overwrite)
     if distributed.is_main():  # under msrun: once, from rank 0
         print(json.dumps(summary, indent=1))
     if summary["stopped"] == "interrupted":
@@ -78,9 +101,31 @@ def cmd_translate(args):
 
     select_device(args.device, verbose=False)
     translator = load_bundle(args.run_dir).translator(batch_size=args.batch_size)
-    sentences = args.sentences or [line.rstrip("\n") for line in sys.stdin]
-    for line in translator.translate(sentences, beam_size=args.beam_size, alpha=args.alpha):
-        print(line)
+    translator.check_search(args.beam_size, args.alpha, len(args.sentences) or args.batch_size)
+    if args.sentences:
+        chunks = [args.sentences]
+    else:  # typed lines one at a time; piped ones a few batches at a time, printed as they are done
+        chunks = stdin_chunks(sys.stdin.buffer, 1 if sys.stdin.isatty() else 4 * args.batch_size)
+    for chunk in chunks:
+        for line in translator.translate(chunk, beam_size=args.beam_size, alpha=args.alpha):
+            print(line)
+        sys.stdout.flush()
+
+
+def stdin_chunks(stream, size: int):
+    """Yield lists of up to `size` lines of the binary `stream` (lines end at \\n only, as for
+    `wc -l`); a line that is not UTF-8 raises ValueError with its number."""
+    chunk = []
+    for number, raw in enumerate(stream, 1):
+        try:
+            chunk.append(raw.decode("utf-8").rstrip("\r\n"))
+        except UnicodeDecodeError:
+            raise ValueError(f"stdin line {number} is not UTF-8 text") from None
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def cmd_info(args):
@@ -113,7 +158,7 @@ def add_use_commands(sub) -> None:
     p.add_argument("--split", default="test2016", choices=["train", "val", "test2016"], help="default: %(default)s")
     p.add_argument("--corpus", choices=["multi30k", "synthetic"], help="default: the one the model was trained on")
     add_search_arguments(p)
-    p.add_argument("--limit", type=int, help="only the first N sentences")
+    p.add_argument("--limit", type=positive_int, help="only the first N sentences")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_device(p)
     p.set_defaults(func=cmd_evaluate)
@@ -122,7 +167,8 @@ def add_use_commands(sub) -> None:
     p.add_argument("run_dir", help="a run directory written by `mindtrans train`")
     p.add_argument("sentences", nargs="*", help="German sentences; none: read one per line from stdin")
     add_search_arguments(p)
-    p.add_argument("--batch-size", type=int, default=128, help="sentences decoded together (default: %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=128,
+                   help="sentences decoded together (default: %(default)s)")
     add_device(p)
     p.set_defaults(func=cmd_translate)
 
@@ -149,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT/latest.ckpt with the run's saved "
                    "configuration (only --epochs, --max-steps and --max-minutes change; other flags are ignored, "
                    "with a warning)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in OUT (without it, "
+                   "an OUT that holds one is refused)")
     add_device(p)
     train_config.add_arguments(p)
     p.set_defaults(func=cmd_train)
@@ -173,19 +221,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser, argv=None):
+    """Arguments, with `translate`'s sentences taken wherever they stand (`translate RUN --beam 1 Satz`)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "translate" and not any(arg.startswith("-") for arg in extra):
+        args.sentences += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def error_line(err: BaseException) -> str:
+    """The one line an error is reported in: an OSError names its file."""
+    from mindtrans.files import SaveError, describe_os_error
+
+    if isinstance(err, OSError) and not isinstance(err, SaveError) and err.filename and err.strerror:
+        return f"{err.filename}: {describe_os_error(err)}"
+    return str(err).strip()  # a FetchError lists its attempts on lines of their own
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     from mindtrans.bundle import BundleError
     from mindtrans.fetch import FetchError
 
     try:
         return args.func(args) or 0
-    except (FetchError, BundleError, FileNotFoundError, ValueError, RuntimeError) as err:
+    except (FetchError, BundleError, OSError, ValueError, RuntimeError) as err:
         if args.debug or os.environ.get("MINDTRANS_DEBUG") == "1":
             raise
         from mindtrans import distributed
 
-        message = str(err).strip()
+        message = error_line(err)
         where = f" ({distributed.describe()})" if distributed.describe() else ""  # which msrun worker
         print(f"mindtrans {args.command}{where}: error: {message}", file=sys.stderr)
         return 1

@@ -169,6 +169,20 @@ def adam(params, **kwargs):
         logger.removeFilter(notice)
 
 
+class quiet_mindspore_log:
+    """A block in which MindSpore's own log lines are off: mindtrans reports its errors itself
+    (a failed save otherwise adds MindSpore's guess "Maybe don't have the permission ...")."""
+
+    def __enter__(self):
+        from mindspore import log
+
+        self.logger = log._get_logger()
+        self.was_disabled, self.logger.disabled = self.logger.disabled, True
+
+    def __exit__(self, *exc):
+        self.logger.disabled = self.was_disabled
+
+
 def set_device(name: str):
     """Make `name` ("Ascend", "GPU" or "CPU") MindSpore's device for this process."""
     import mindspore as ms

@@ -1,7 +1,11 @@
 """`TransformerConfig`: every size and switch of the model in one validated dataclass."""
+import math
 from dataclasses import asdict, dataclass, fields, replace
 
 ACTIVATIONS = ("relu", "gelu")
+SIZES = ("src_vocab_size", "tgt_vocab_size", "d_model", "n_heads", "n_encoder_layers", "n_decoder_layers", "d_ff",
+         "max_len")
+MAX_POSITIONS = 8192  # the longest max_len accepted: its positional table is max_len x d_model floats
 NORMS = ("layernorm", "rmsnorm")
 
 
@@ -32,16 +36,40 @@ class TransformerConfig:
     pad_id: int = 1
 
     def __post_init__(self):
+        problems = self._type_problems()
+        if not problems:
+            problems = self._value_problems()
+        if problems:
+            raise ValueError("invalid TransformerConfig: " + "; ".join(problems))
+
+    def _type_problems(self) -> list:
+        """Each field of the wrong kind (a config.json may say "false" or 1e9 anywhere)."""
         problems = []
-        for name in ("src_vocab_size", "tgt_vocab_size", "d_model", "n_heads", "n_encoder_layers",
-                     "n_decoder_layers", "d_ff", "max_len"):
+        for f in fields(self):
+            if f.name in SIZES:
+                continue  # positive integers: see _value_problems
+            value, kind = getattr(self, f.name), f.type
+            if kind is float:
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            else:
+                ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+            if not ok:
+                problems.append(f"{f.name} must be {_KIND_NAMES[kind]}, got {value!r}")
+        return problems
+
+    def _value_problems(self) -> list:
+        problems = []
+        for name in SIZES:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 problems.append(f"{name} must be a positive integer, got {value!r}")
-        if not problems and self.d_model % self.n_heads:
+        sizes_valid = not problems
+        if sizes_valid and self.d_model % self.n_heads:
             fits = [h for h in range(1, min(self.d_model, 64) + 1) if self.d_model % h == 0]
             problems.append(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}: "
                             f"choose n_heads from {fits} or change d_model")
+        if sizes_valid and self.max_len > MAX_POSITIONS:
+            problems.append(f"max_len must be at most {MAX_POSITIONS}, got {self.max_len}")
         for name in ("dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 problems.append(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
@@ -51,10 +79,9 @@ class TransformerConfig:
             problems.append(f"norm must be one of {NORMS}, got {self.norm!r}")
         if not self.norm_eps > 0:
             problems.append(f"norm_eps must be positive, got {self.norm_eps!r}")
-        if not 0 <= self.pad_id < min(self.src_vocab_size, self.tgt_vocab_size):
+        if sizes_valid and not 0 <= self.pad_id < min(self.src_vocab_size, self.tgt_vocab_size):
             problems.append(f"pad_id={self.pad_id} must be a valid id in both vocabularies")
-        if problems:
-            raise ValueError("invalid TransformerConfig: " + "; ".join(problems))
+        return problems
 
     @property
     def d_head(self) -> int:
@@ -81,6 +108,8 @@ class TransformerConfig:
             raise ValueError(f"unknown TransformerConfig fields {unknown}; known fields: {sorted(known)}")
         return cls(**data)
 
+
+_KIND_NAMES = {int: "an integer", float: "a finite number", bool: "true or false", str: "a string"}
 
 PRESETS = {
     # For tests: runs in milliseconds.

@@ -339,13 +339,36 @@ def write_synthetic(data_dir, n_train: int = 6000, n_val: int = 300, n_test: int
 
 
 def resolve_corpus(data_dir, corpus: str) -> str:
-    """'auto' picks Multi30k when its files are in `data_dir`, else the embedded synthetic corpus."""
+    """'auto' picks Multi30k when its files are in `data_dir`, else the embedded synthetic corpus
+    (`explain_corpus` says why); a Multi30k directory with only some of its files raises."""
     if corpus != "auto":
         return corpus
+    present, missing = _multi30k_files(data_dir)
+    if present and missing:
+        raise FileNotFoundError(f"Multi30k in {Path(data_dir) / 'multi30k'} is incomplete (missing "
+                                f"{', '.join(missing)}): run `mindtrans fetch --data-dir {data_dir}` to complete it, "
+                                f"or pass --corpus synthetic")
+    return "multi30k" if present else "synthetic"
+
+
+def explain_corpus(data_dir, corpus: str) -> str:
+    """One line on why `resolve_corpus(data_dir, corpus)` chose what it chose."""
+    if corpus != "auto":
+        return f"corpus {corpus}: as asked"
+    chosen = resolve_corpus(data_dir, corpus)
+    where = Path(data_dir) / "multi30k"
+    if chosen == "multi30k":
+        return f"corpus auto: Multi30k, found in {where}"
+    return (f"corpus auto: the embedded synthetic corpus, since {where} holds no Multi30k "
+            f"(`mindtrans fetch --data-dir {data_dir}` downloads it)")
+
+
+def _multi30k_files(data_dir) -> tuple:
+    """(present, missing) names of the six Multi30k files in `data_dir`."""
     from mindtrans.fetch import TEXT_SHA256, multi30k_dir
 
-    complete = all((multi30k_dir(data_dir) / name).is_file() for name in TEXT_SHA256)
-    return "multi30k" if complete else "synthetic"
+    present = [name for name in TEXT_SHA256 if (multi30k_dir(data_dir) / name).is_file()]
+    return present, [name for name in TEXT_SHA256 if name not in present]
 
 
 def ensure_corpus(data_dir, corpus: str) -> None:

@@ -191,17 +191,39 @@ def build_vocabs(train_pairs, min_freq: int) -> tuple:
 
 
 # --------------------------------------------------------------------------- corpora
-def _read_lines(path: Path) -> list[str]:
-    with open(path, encoding="utf-8") as f:
-        return [line.rstrip() for line in f]
+def read_lines(path) -> list[str]:
+    """The lines of a UTF-8 text file, trailing whitespace removed.
+
+    Lines end at ``\n`` only (as ``wc -l`` counts them; a ``\r`` inside a line is kept as
+    whitespace, a final ``\r\n`` removed). A file that is not UTF-8 raises ValueError
+    naming the file and the line.
+    """
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ValueError(f"{path} line {line} is not UTF-8 text (byte {data[err.start]:#04x}); "
+                         f"is it the right file? Convert it with iconv -t UTF-8") from None
+    if "\x00" in text:
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        raise ValueError(f"{path} line {line} holds a NUL byte: a binary file, not text")
+    lines = text.split("\n")
+    if lines[-1] == "":  # the newline that ends the last line
+        lines.pop()
+    return [line.rstrip() for line in lines]
 
 
 def read_parallel(src_path, tgt_path) -> list[tuple[str, str]]:
     """Read two line-aligned files into ``(source, target)`` pairs.
 
-    Every line is kept (including the last one), with trailing whitespace removed.
+    Every line is kept (including the last one), with trailing whitespace removed; an empty
+    file, or two files of different lengths, raise ValueError naming them.
     """
-    src, tgt = _read_lines(Path(src_path)), _read_lines(Path(tgt_path))
+    src, tgt = read_lines(src_path), read_lines(tgt_path)
+    for path, lines in ((src_path, src), (tgt_path, tgt)):
+        if not any(lines):
+            raise ValueError(f"{path} holds no sentences")
     if len(src) != len(tgt):
         raise ValueError(f"parallel files are not aligned: {src_path} has {len(src)} lines "
                          f"but {tgt_path} has {len(tgt)}")

@@ -240,9 +240,15 @@ def _sort_candidates(candidates, top, vocab: int, live) -> list:
 
 
 class Translator:
-    """Sentences in, sentences out: tokenize, batch by length, decode, detokenize, restore order."""
+    """Sentences in, sentences out: tokenize, batch by length, decode, detokenize, restore order.
+
+    A blank sentence translates to an empty one (nothing is decoded for it).
+    """
 
     def __init__(self, model, src_vocab, tgt_vocab, batch_size: int = 128, max_new_tokens: int = None):
+        _check_count("batch_size", batch_size)
+        if max_new_tokens is not None:
+            _check_count("max_new_tokens", max_new_tokens)
         self.model, self.src_vocab, self.tgt_vocab = model, src_vocab, tgt_vocab
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
         self.max_src_len = model.config.max_len
@@ -257,12 +263,26 @@ class Translator:
             ids = ids[:self.max_src_len - 1] + [EOS]
         return ids
 
+    def check_search(self, beam_size: int, alpha: float, sentences: int) -> None:
+        """Refuse a beam size, length penalty or beam x batch that cannot work, saying why."""
+        _check_count("beam_size", beam_size)
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha < float("inf"):
+            raise ValueError(f"alpha (the length-penalty exponent) must be a finite number >= 0, got {alpha!r}")
+        rows = beam_size * min(self.batch_size, max(sentences, 1))
+        need, free = rows * _bytes_per_row(self.model.config), _available_memory()
+        if free and need > free:
+            raise ValueError(f"beam {beam_size} x batch {rows // beam_size} = {rows} rows could need "
+                             f"{need / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB free: "
+                             f"lower the batch size (--batch-size) or the beam (--beam)")
+
     def translate_ids(self, sentences, beam_size: int = DEFAULT_BEAM, alpha: float = DEFAULT_ALPHA,
                       return_attention: bool = False):
         """Target id lists (and attention) for `sentences`, in input order."""
-        encoded = [self.encode(s) for s in sentences]
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-        hyps, attns = [None] * len(encoded), [None] * len(encoded)
+        self.check_search(beam_size, alpha, len(sentences))
+        hyps, attns = [[] for _ in sentences], [np.zeros((0, 0), np.float32) for _ in sentences]
+        kept = [i for i, sentence in enumerate(sentences) if sentence.strip()]
+        encoded = {i: self.encode(sentences[i]) for i in kept}
+        order = sorted(kept, key=lambda i: len(encoded[i]))
         for start in range(0, len(order), self.batch_size):
             chunk = order[start:start + self.batch_size]
             width = max(len(encoded[i]) for i in chunk)
@@ -283,3 +303,25 @@ class Translator:
         if isinstance(sentences, str):
             raise TypeError("translate() takes a list of sentences; wrap a single one in a list")
         return [detokenize(self.tgt_vocab.decode(ids)) for ids in self.translate_ids(sentences, beam_size, alpha)]
+
+
+def _check_count(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be at least 1 (a whole number), got {value!r}")
+
+
+def _bytes_per_row(config) -> int:
+    """Host memory one decoding row may take at most: its key/value caches over max_len positions
+    in every decoder layer (self and cross attention), and a few vocabulary-sized float32 rows."""
+    caches = 4 * config.n_decoder_layers * config.max_len * config.d_model
+    return 4 * (caches + 4 * config.tgt_vocab_size)
+
+
+def _available_memory() -> int:
+    """Bytes of memory free for a new allocation (Linux's MemAvailable); 0 where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return 0

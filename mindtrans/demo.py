@@ -35,7 +35,7 @@ def run_demo(data_dir, out, mirrors=(), minutes: float = 3.0) -> dict:
     # Short sentences and a few minutes: smaller batches give more updates, a short warm-up uses them.
     cfg = TrainConfig(preset="small", corpus=corpus, epochs=100, max_minutes=minutes, batch_tokens=2048,
                       warmup_steps=60)
-    summary = train(data_dir, out, cfg)
+    summary = train(data_dir, out, cfg, overwrite=_holds_a_demo_run(RunDir(out), cfg))
     print("== 3/4 evaluating on the whole test split")
     bundle = load_bundle(out)
     scores = evaluate_bundle(bundle, data_dir, "test2016", corpus, beam_size=4)
@@ -49,3 +49,13 @@ def run_demo(data_dir, out, mirrors=(), minutes: float = 3.0) -> dict:
     print(f"bundle saved in {Path(out).resolve()} (use it: mindtrans translate {out} \"Ein Hund rennt.\"); "
           f"{summary['steps']} steps, total {time.time() - started:.0f} s")
     return scores
+
+
+def _holds_a_demo_run(run, cfg) -> bool:
+    """True if `run` holds an earlier demo's run, which a new demo replaces (any other run is
+    refused by train()). A demo run is one trained with the demo's configuration, any corpus."""
+    try:
+        saved = dict(run.train_info()["train"], corpus=cfg.corpus)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return saved == cfg.to_dict()

@@ -11,9 +11,9 @@ from mindtrans.steps import validation_loss
 def evaluate_bundle(bundle, data_dir, split: str = "test2016", corpus: str = "multi30k",
                     beam_size: int = DEFAULT_BEAM, alpha: float = DEFAULT_ALPHA, limit: int = None) -> dict:
     """Translate every sentence of `split` (or the first `limit`) and score the output."""
-    pairs = load_split(data_dir, split, corpus=corpus)
-    if limit:
-        pairs = pairs[:limit]
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a whole number of at least 1 (or None: every sentence), got {limit!r}")
+    pairs = load_split(data_dir, split, corpus=corpus)[:limit]
     sources, references = [s for s, _ in pairs], [t for _, t in pairs]
     translator = bundle.translator()
     started = time.time()

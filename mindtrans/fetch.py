@@ -27,7 +27,10 @@ Where the files come from, in this order:
      the file (``training.tar.gz``, ``validation.tar.gz``, ``mmt_task1_test2016.tar.gz``);
 
 2. each remote file with the ``download`` package, then ``wget`` (which reads the user's
-   wgetrc), then ``curl``.
+   wgetrc), then ``curl``, each in a child process that is stopped after ``--timeout``
+   seconds without a byte, ``--deadline`` seconds in all, or once the file is larger than
+   it can be (``download_cap``: about twice the texts it may hold). A fetch stopped by
+   SIGTERM removes its partial files; those of a killed one are removed by the next fetch.
 
 Archives are checked before anything is unpacked: a member with an absolute path, ``..``,
 a drive letter or a backslash, a link or special file, or two members for one output file
@@ -51,12 +54,14 @@ import posixpath
 import re
 import secrets
 import shutil
-import socket
-import ssl
+import signal
 import stat
 import subprocess
 import sys
 import tarfile
+import tempfile
+import threading
+import time
 import urllib.parse
 import urllib.request
 import zipfile
@@ -69,6 +74,8 @@ from mindtrans import multi30k_digests as digests
 from mindtrans.files import sha256_file
 
 DEFAULT_DATA_DIR = os.environ.get("MINDTRANS_DATA_DIR", "data")
+DEFAULT_TIMEOUT = 10.0  # seconds without a byte before an attempt is abandoned
+DEFAULT_DEADLINE = 600.0  # seconds one file may take in all
 
 
 class Split(NamedTuple):
@@ -167,17 +174,20 @@ def env_mirrors() -> list:
     return [m for m in os.environ.get("MINDTRANS_MIRROR", "").split(os.pathsep) if m]
 
 
-def fetch_multi30k(data_dir=DEFAULT_DATA_DIR, mirrors=(), insecure=False, timeout=10.0, log=print):
+def fetch_multi30k(data_dir=DEFAULT_DATA_DIR, mirrors=(), insecure=False, timeout=DEFAULT_TIMEOUT, log=print,
+                   deadline=DEFAULT_DEADLINE):
     """Make sure ``<data_dir>/multi30k`` holds the six verified files; return that directory.
 
     `mirrors` (URLs, directories or archives, or a single one: see parse_source) are tried
-    before BUILTIN_MIRRORS.
+    before BUILTIN_MIRRORS. Each download is stopped after `timeout` seconds without a byte,
+    `deadline` seconds in all, or once larger than what it can hold (`download_cap`).
     Raises FetchError when some file could not be obtained from any mirror.
     """
     if isinstance(mirrors, (str, os.PathLike)):
         mirrors = [mirrors]
     out = multi30k_dir(data_dir)
     out.mkdir(parents=True, exist_ok=True)
+    _remove_stale_parts(out, timeout, log)
     missing = [name for name in TEXT_SHA256 if not _is_verified(out / name, log)]
     if not missing:
         log(f"Multi30k already present and verified in {out}; nothing to download.")
@@ -185,13 +195,51 @@ def fetch_multi30k(data_dir=DEFAULT_DATA_DIR, mirrors=(), insecure=False, timeou
     if insecure:
         log("WARNING: --insecure: TLS certificates are NOT verified (sha256 checksums still are).")
     log(f"Fetching Multi30k into {out}: {', '.join(missing)}")
-    run = _Run(out, missing, insecure, timeout, log)
-    for mirror in [*mirrors, *BUILTIN_MIRRORS]:
-        run.from_mirror(str(mirror))
-        if not run.missing:
-            log(f"Multi30k ready in {out}")
-            return out
+    run = _Run(out, missing, insecure, timeout, deadline, log)
+    with _terminate_as_exit():
+        for mirror in [*mirrors, *BUILTIN_MIRRORS]:
+            run.from_mirror(str(mirror))
+            if not run.missing:
+                log(f"Multi30k ready in {out}")
+                return out
     raise FetchError(_failure_message(out, run))
+
+
+@contextlib.contextmanager
+def _terminate_as_exit():
+    """SIGTERM (a `kill`, a closing notebook) raises SystemExit inside this block, so that the
+    partial files are removed on the way out instead of being left behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _remove_stale_parts(out, timeout, log):
+    """Delete partial files that a killed fetch left in `out`: untouched for longer than a live
+    download could be (it is abandoned after `timeout` seconds without a byte)."""
+    stale = [path for path in out.glob(".*.part-*")
+             if path.is_file() and time.time() - path.stat().st_mtime > timeout + 60]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        log(f"removed {len(stale)} partial file(s) an interrupted fetch left in {out}")
+
+
+def download_cap(filename=None):
+    """The most bytes a download may have: a per-file gzip or a split's tarball at most what its
+    texts may unpack to (`_cap`), the archive of the whole corpus (`filename` None) all six; plus 1 MiB."""
+    names = [name for name in TEXT_SHA256 if filename is None
+             or filename in (gzip_name(name), SPLITS[name.split(".")[0]].tarball)]
+    return sum(_cap(name) for name in names) + (1 << 20)
 
 
 def _is_verified(path, log):
@@ -207,11 +255,12 @@ def _is_verified(path, log):
 class _Run:
     """State of one fetch: what is still missing, what failed, which tools are cut off."""
 
-    def __init__(self, out, missing, insecure, timeout, log):
+    def __init__(self, out, missing, insecure, timeout, deadline, log):
         self.out = out
         self.missing = list(missing)
         self.insecure = insecure
         self.timeout = timeout
+        self.deadline = deadline
         self.log = log
         self.tools = _available_tools()
         self.failures = []  # one line per failed attempt
@@ -256,9 +305,10 @@ class _Run:
             if tool in self.cut_off[mirror]:
                 continue
             part = _part_file(self.out, filename or source.archive)
+            limit = Limit(download_cap(filename), self.deadline)
 
             def attempt():
-                download_with(url, part, self.insecure, self.timeout)
+                download_with(url, part, self.insecure, self.timeout, limit)
                 use(part)
 
             try:
@@ -566,59 +616,91 @@ def _first_difference(name, lines):
 
 
 # ---- the three download tools: each raises _Failed(cause) or leaves the file at `dest`
+# Each runs as a child process, watched: stopped past the size the file can have or the deadline.
+
+_DOWNLOAD_SCRIPT = """
+import socket, ssl, sys
+from download import download
+url, dest, insecure, timeout = sys.argv[1], sys.argv[2], sys.argv[3] == "1", float(sys.argv[4])
+socket.setdefaulttimeout(timeout)  # download() reads without a timeout and takes no TLS context
+if insecure:
+    ssl._create_default_https_context = ssl._create_unverified_context
+try:
+    download(url, dest, progressbar=False, replace=True, timeout=timeout, verbose=False)
+except Exception as err:  # download() wraps every error in a RuntimeError
+    sys.exit(str(err))
+"""
 
 
-def _with_download_package(url, dest, insecure, timeout):
-    from download import download  # pulls in tqdm: import only when needed
+class Limit(NamedTuple):
+    """What one download may take: bytes written, and seconds in all (however slowly they trickle in)."""
 
-    with _python_network(insecure, timeout):
-        try:
-            download(url, str(dest), progressbar=True, replace=True, timeout=timeout, verbose=False)
-        except Exception as err:  # download() wraps every error in a RuntimeError
-            raise _Failed(_classify(str(err))) from err
+    max_bytes: int
+    deadline: float
 
 
-@contextlib.contextmanager
-def _python_network(insecure, timeout):
-    """download() takes no TLS context and reads without a timeout: set both for one call."""
-    saved_timeout, saved_context = socket.getdefaulttimeout(), ssl._create_default_https_context
-    socket.setdefaulttimeout(timeout)
-    if insecure:
-        ssl._create_default_https_context = ssl._create_unverified_context
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(saved_timeout)
-        ssl._create_default_https_context = saved_context
+def _with_download_package(url, dest, insecure, timeout, limit):
+    command = [sys.executable, "-c", _DOWNLOAD_SCRIPT, url, str(dest), "1" if insecure else "0", str(timeout)]
+    _run_tool(command, dest, limit)
 
 
-def _with_wget(url, dest, insecure, timeout):
+def _with_wget(url, dest, insecure, timeout, limit):
     # Verbose (the default), because --no-verbose hides why a transfer broke off.
     command = ["wget", "--tries=1", f"--timeout={timeout:g}", "-O", str(dest), url]
     if insecure:
         command.insert(1, "--no-check-certificate")
-    _run_tool(command)
+    _run_tool(command, dest, limit)
 
 
-def _with_curl(url, dest, insecure, timeout):
+def _with_curl(url, dest, insecure, timeout, limit):
     # "No byte for `timeout` seconds" rather than --max-time, which would also cut off
-    # a slow download that is still making progress.
+    # a slow download that is still making progress (the deadline is watched instead).
     command = [
         "curl", "-fsSL", "--retry", "0",
         "--connect-timeout", f"{timeout:g}",
         "--speed-limit", "1", "--speed-time", str(math.ceil(timeout)),
+        "--max-filesize", str(limit.max_bytes),
         "-o", str(dest), url,
     ]  # fmt: skip
     if insecure:
         command.insert(1, "-k")
-    _run_tool(command)
+    _run_tool(command, dest, limit)
 
 
-def _run_tool(command):
+def _run_tool(command, dest, limit):
+    """Run a download command; stop it once `dest` (or download()'s `dest`.part) grows past
+    limit.max_bytes or limit.deadline seconds have passed."""
     env = {**os.environ, "LC_ALL": "C"}  # English messages, for _classify
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
-    if result.returncode:
-        raise _Failed(_classify(result.stderr or f"exit status {result.returncode}"))
+    with tempfile.TemporaryFile() as errors:  # a file, not a pipe: a chatty tool never blocks on it
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors,
+                                   env=env)
+        try:
+            cause = _watch(process, [dest, dest.with_name(dest.name + ".part")], limit)
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+        if cause:
+            raise _Failed(cause)
+        if process.returncode:
+            errors.seek(0)
+            text = errors.read().decode("utf-8", "replace")
+            raise _Failed(_classify(text or f"exit status {process.returncode}"))
+
+
+def _watch(process, paths, limit, every: float = 0.05):
+    """None once `process` has ended by itself within `limit`; else why it must be stopped."""
+    started = time.monotonic()
+    while True:
+        ended = process.poll() is not None
+        size = max((path.stat().st_size for path in paths if path.is_file()), default=0)
+        if size > limit.max_bytes:
+            return f"larger than the {limit.max_bytes} bytes this file can have; refused"
+        if ended:
+            return None
+        if time.monotonic() - started > limit.deadline:
+            return f"not finished after {limit.deadline:g} s (--deadline)"
+        time.sleep(every)
 
 
 _TOOL_FUNCTIONS = {"download": _with_download_package, "wget": _with_wget, "curl": _with_curl}
@@ -710,10 +792,24 @@ def add_fetch_arguments(parser):
         help="do not verify TLS certificates (the sha256 checksums are still enforced)",
     )  # fmt: skip
     parser.add_argument(
-        "--timeout", type=float, default=10.0,
-        help="seconds without progress before an attempt is abandoned (default: 10)",
+        "--timeout", type=_positive_seconds, default=DEFAULT_TIMEOUT,
+        help=f"seconds without progress before an attempt is abandoned (default: {DEFAULT_TIMEOUT:g})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--deadline", type=_positive_seconds, default=DEFAULT_DEADLINE,
+        help=f"seconds one file may take in all, however slowly it arrives (default: {DEFAULT_DEADLINE:g})",
     )  # fmt: skip
     return parser
+
+
+def _positive_seconds(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
 
 
 def main(argv=None):
@@ -721,7 +817,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="Download the Multi30k de-en corpus (task 1).")
     args = add_fetch_arguments(parser).parse_args(argv)
     try:
-        fetch_multi30k(args.data_dir, args.mirrors + env_mirrors(), args.insecure, args.timeout)
+        fetch_multi30k(args.data_dir, args.mirrors + env_mirrors(), args.insecure, args.timeout,
+                       deadline=args.deadline)
     except FetchError as err:
         print(err, file=sys.stderr)
         return 1

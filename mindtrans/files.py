@@ -5,6 +5,17 @@ import tempfile
 from pathlib import Path
 
 
+class SaveError(OSError):
+    """A file could not be written; the message says which and why, and what was kept."""
+
+
+def describe_os_error(err: BaseException) -> str:
+    """'No space left on device' rather than '[Errno 28] No space left on device: '/x/.tmp''."""
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror[0].lower() + err.strerror[1:]
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
 def default_file_mode() -> int:
     """0o666 minus the process umask: the mode a plain open() would give a new file."""
     umask = os.umask(0)
@@ -18,13 +29,20 @@ def atomic_write_text(path, text: str) -> None:
     Readers see either the old file or the complete new one, never a half-written one.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise SaveError(f"cannot write {path}: {describe_os_error(err)}") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
         os.chmod(tmp, default_file_mode())  # mkstemp makes it private; a bundle is meant to be shared
         os.replace(tmp, path)
+    except OSError as err:
+        os.unlink(tmp)
+        kept = f"; the previous {path.name} is kept" if path.is_file() else ""
+        raise SaveError(f"cannot write {path}: {describe_os_error(err)}{kept}") from None
     except BaseException:
         os.unlink(tmp)
         raise

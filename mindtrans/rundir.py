@@ -18,7 +18,7 @@ import json
 import platform
 from pathlib import Path
 
-from mindtrans.files import atomic_write_text, sha256_file
+from mindtrans.files import SaveError, atomic_write_text, describe_os_error, sha256_file
 
 
 class RunDir:
@@ -88,6 +88,7 @@ class RunDir:
             "python": platform.python_version(), "platform": platform.platform(),
             "data_sha256": {Path(p).name: sha256_file(p) for p in data_files if Path(p).is_file()},
         })
+        self.record_digests()
 
     def update_metadata(self, updates: dict) -> dict:
         """Merge `updates` into metadata.json (e.g. final metrics) and return the result."""
@@ -96,6 +97,17 @@ class RunDir:
         data.update(updates)
         self.write_json(self.METADATA, data)
         return data
+
+    def record_digests(self) -> None:
+        """metadata.json's "files_sha256": the sha256 of each bundle file there now."""
+        self.update_metadata({"files_sha256": {name: sha256_file(self.path / name) for name in self.BUNDLE
+                                               if (self.path / name).is_file()}})
+
+    def changed_files(self, names=BUNDLE) -> list:
+        """Those of `names` whose sha256 is not the one metadata.json records (none recorded: [])."""
+        path = self.path / self.METADATA
+        recorded = json.loads(path.read_text(encoding="utf-8")).get("files_sha256", {}) if path.is_file() else {}
+        return [name for name in names if name in recorded and sha256_file(self.path / name) != recorded[name]]
 
     def write_log(self, history: list) -> None:
         """log.json and log.csv: one row per epoch."""
@@ -107,12 +119,32 @@ class RunDir:
             writer.writerows(history)
             atomic_write_text(self.path / self.LOG_CSV, buf.getvalue())
 
+    def existing_files(self) -> list:
+        """The run files (of FILES, and epochs/) already in this directory."""
+        names = [name for name in self.FILES if (self.path / name).exists()]
+        return names + ([self.EPOCHS + "/"] if self.epoch_checkpoints() else [])
+
+    def remove_run(self) -> None:
+        """Delete this directory's run files, the weights first (a config is never left beside
+        another model's weights); files that are not a run's are kept."""
+        for path in [self.model, self.latest, *self.epoch_checkpoints(), *(self.path / n for n in self.FILES)]:
+            path.unlink(missing_ok=True)
+
+    def check_writable(self) -> None:
+        """Create the directory and a file in it now (raises SaveError), not after minutes of training."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise SaveError(f"cannot create the run directory {self.path}: {describe_os_error(err)}") from None
+        atomic_write_text(self.path / ".write-test", "")
+        (self.path / ".write-test").unlink()
+
     def remove_stale_temporaries(self) -> list:
         """Delete the temporary files an interrupted save left behind (a process killed while
         writing, e.g. by msrun when another worker died); the real files are never touched."""
-        patterns = {f".{Path(name).stem}.*.tmp.ckpt" for name in self.FILES if name.endswith(".ckpt")}
+        stems = [f".{Path(name).stem}" for name in self.FILES if name.endswith(".ckpt")] + [f"{self.EPOCHS}/.epoch_"]
+        patterns = {f"{stem}*.tmp.{suffix}" for stem in stems for suffix in ("ckpt", "tmp")}  # ours, MindSpore's
         patterns |= {f".{name}.*.tmp" for name in self.FILES}
-        patterns.add(f"{self.EPOCHS}/.epoch_*.tmp.ckpt")
         removed = sorted({path for pattern in patterns for path in self.path.glob(pattern) if path.is_file()})
         for path in removed:
             path.unlink()

@@ -1,5 +1,6 @@
 """`TrainConfig`: every training option, defined once. The `mindtrans train` flags are made
 from its fields (`add_arguments`), and a saved configuration is read back strictly."""
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Optional
 
@@ -53,15 +54,21 @@ class TrainConfig:
             value = getattr(self, f.name)
             if "choices" in f.metadata and value not in f.metadata["choices"]:
                 raise ValueError(f"{f.name} must be one of {tuple(f.metadata['choices'])}, got {value!r}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{flag(f.name)} must be a finite number, got {value}")
         for name in ("epochs", "batch_tokens", "accum_steps", "max_len", "min_freq"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise ValueError(f"{flag(name)} must be at least 1, got {getattr(self, name)}")
+        for name in ("max_steps", "max_minutes", "warmup_steps", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{flag(name)} must be 0 or more, got {getattr(self, name)}")
         if self.average_last < 0 or self.average_last == 1:
-            raise ValueError(f"average_last must be 0 (off) or at least 2 epochs, got {self.average_last}")
-        if self.lr <= 0 or self.clip_norm <= 0 or not 0 <= self.label_smoothing < 1:
-            raise ValueError("lr and clip_norm must be positive and label_smoothing in [0, 1)")
+            raise ValueError(f"--average-last must be 0 (off) or at least 2 epochs, got {self.average_last}")
+        if not (self.lr > 0 and self.clip_norm > 0 and 0 <= self.label_smoothing < 1):
+            raise ValueError("--lr and --clip-norm must be positive and --label-smoothing in [0, 1), got "
+                             f"{self.lr}, {self.clip_norm} and {self.label_smoothing}")
         if self.dropout is not None and not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+            raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
 
     def to_dict(self) -> dict:
         return asdict(self)

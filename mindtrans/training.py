@@ -28,7 +28,7 @@ from mindtrans import checkpoint, compat, distributed
 from mindtrans.averaging import keep_epoch_weights, try_averaged_weights
 from mindtrans.batching import BucketBatcher, PackedBatcher
 from mindtrans.config import TransformerConfig
-from mindtrans.corpus import ensure_corpus, resolve_corpus
+from mindtrans.corpus import ensure_corpus, explain_corpus, resolve_corpus
 from mindtrans.data import Vocab, build_vocabs, encode_pairs, load_split
 from mindtrans.device import select_device
 from mindtrans.model import Transformer
@@ -95,6 +95,7 @@ class Run:
     train_batches: object
     val_batches: object
     resume: bool
+    overwrite: bool
     verbose: bool
 
     @property
@@ -119,9 +120,12 @@ class Trainer:
     progress: dict = field(default_factory=dict)
 
 
-def prepare_run(data_dir, out, cfg: TrainConfig, resume: bool, verbose: bool) -> Run:
+def prepare_run(data_dir, out, cfg: TrainConfig, resume: bool, verbose: bool, overwrite: bool = False) -> Run:
     """Device, workers, configuration (the saved one on resume), corpus, vocabularies, batchers."""
     out = RunDir(out)
+    if not resume and not overwrite and out.existing_files():
+        raise FileExistsError(f"{out.path} already holds a run ({', '.join(out.existing_files()[:4])}): continue it "
+                              f"with --resume, replace it with --overwrite, or choose another --out")
     if distributed.is_scheduler():  # msrun's scheduler runs this command line too: it only serves the cluster
         distributed.run_scheduler(out.path)
     device = select_device(verbose=verbose)
@@ -131,6 +135,8 @@ def prepare_run(data_dir, out, cfg: TrainConfig, resume: bool, verbose: bool) ->
     verbose = verbose and rank == 0
     cfg = _resumed_config(out, cfg, world, verbose) if resume else (cfg or TrainConfig())
     corpus = resolve_corpus(data_dir, cfg.corpus)
+    if verbose and cfg.corpus == "auto":
+        print(explain_corpus(data_dir, cfg.corpus))
     ensure_corpus(data_dir, corpus)
     train_pairs, val_pairs = load_split(data_dir, "train", corpus=corpus), load_split(data_dir, "val", corpus=corpus)
     if resume:
@@ -148,9 +154,11 @@ def prepare_run(data_dir, out, cfg: TrainConfig, resume: bool, verbose: bool) ->
     if len(train_batches) == 0:
         raise ValueError(f"{len(train_pairs)} training pairs make fewer batches than there are workers ({world}); "
                          f"use fewer workers or a smaller --batch-tokens")
+    if rank == 0:
+        out.check_writable()
     return Run(cfg, out, Path(data_dir), device, rank, world, corpus, config, src_vocab, tgt_vocab, train_pairs,
                val_pairs, packed, train_batches, make_batcher(val_pairs, src_vocab, tgt_vocab, cfg, shuffle=False),
-               resume, verbose)
+               resume, overwrite, verbose)
 
 
 def _resumed_config(out: RunDir, cfg: TrainConfig, world: int, verbose: bool) -> TrainConfig:
@@ -212,6 +220,8 @@ def start(run: Run, trainer: Trainer) -> None:
         if removed and run.verbose:
             print(f"removed {len(removed)} temporary file(s) an interrupted save left in {run.out.path}")
         if not run.resume:
+            if run.overwrite:
+                run.out.remove_run()
             data_files = [run.data_dir / run.corpus / f"{split}.{lang}" for split in ("train", "val")
                           for lang in ("de", "en")]
             run.out.write_static(run.config, run.src_vocab, run.tgt_vocab, {
@@ -346,6 +356,7 @@ def end_epoch(run: Run, trainer: Trainer, stats: dict, clock: Clock) -> None:
         if run.main:
             checkpoint.atomic_save(trainer.model, run.out.model,
                                    extra={"epoch": epoch + 1, "step": progress["step"], "val_loss": val["loss"]})
+            run.out.record_digests()
     if epoch_done:
         progress["epoch"], progress["batch"] = epoch + 1, 0
         if run.main and cfg.average_last:
@@ -373,18 +384,20 @@ def finish(run: Run, trainer: Trainer, clock: Clock, stopped: str) -> dict:
     return summary
 
 
-def train(data_dir, out, cfg: TrainConfig = None, resume: bool = False, verbose: bool = True) -> dict:
+def train(data_dir, out, cfg: TrainConfig = None, resume: bool = False, verbose: bool = True,
+          overwrite: bool = False) -> dict:
     """Train a translator on `data_dir` and write a model bundle to the run directory `out`.
 
     Returns the final summary (also in out/metadata.json). `resume=True` continues from
     out/latest.ckpt with the configuration saved in `out`; of `cfg` only the stopping
-    limits (`RESUME_OVERRIDES`) are taken, so a stopped run can be given more time.
+    limits (`RESUME_OVERRIDES`) are taken, so a stopped run can be given more time. An `out`
+    that already holds a run is refused unless `resume` or `overwrite` (which deletes it first).
 
     Started by msrun, every worker runs this function: each trains on its shard of every
     epoch, all take the same optimizer steps (`make_global_batch_step`) and the same
     decisions, and only rank 0 writes to `out` and prints.
     """
-    run = prepare_run(data_dir, out, cfg, resume, verbose)
+    run = prepare_run(data_dir, out, cfg, resume, verbose, overwrite)
     trainer = build_trainer(run)
     start(run, trainer)
     clock, signals = Clock(trainer.progress), StopSignals()

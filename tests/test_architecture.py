@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mindtrans"
 LAYERS = [
     "files", "compat", "multi30k_digests", "fetch", "config", "data", "corpus", "batching", "device", "metrics",
     "layers", "attention", "encoder", "decoder", "model", "params", "decode", "loss", "schedule",
-    "steps", "checkpoint", "rundir", "averaging", "train_config", "distributed", "training",
+    "steps", "checkpoint_reader", "checkpoint", "rundir", "averaging", "train_config", "distributed", "training",
     "bundle", "evaluate", "demo", "cli", "__main__",
 ]
 LONGEST_FUNCTION = 60  # lines, docstring included

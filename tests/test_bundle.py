@@ -181,7 +181,8 @@ def test_save_bundle_writes_what_load_bundle_reads(saved, tmp_path):
     out = save_bundle(tmp_path / "copy", model, src_vocab, tgt_vocab, metadata={"note": "saved by hand"})
     assert sorted(p.name for p in out.path.iterdir()) == sorted(RunDir.BUNDLE + (RunDir.METADATA,))
     loaded = load_bundle(out.path)
-    assert loaded.metadata == {"note": "saved by hand"} and loaded.config == model.config
+    assert loaded.metadata["note"] == "saved by hand" and loaded.config == model.config
+    assert sorted(loaded.metadata["files_sha256"]) == sorted(RunDir.BUNDLE)
     for name, param in model.parameters_and_names():
         np.testing.assert_array_equal(dict(loaded.model.parameters_and_names())[name].asnumpy(), param.asnumpy())
     assert loaded.translator().translate_ids(SENTENCES[:2]) == Translator(model, src_vocab, tgt_vocab).translate_ids(

@@ -154,7 +154,7 @@ def msrun_job(tmp_path):
 
 def load(path):
     saved, extra = checkpoint.load(path)
-    return {name: value.asnumpy() for name, value in saved.items()}, extra
+    return saved, extra
 
 
 def assert_same_state(a, b, atol=1e-5):
@@ -217,7 +217,7 @@ def test_msrun_is_recognised_by_its_environment():
 def test_accum_steps_option_and_validation():
     args = build_parser().parse_args(["train", "--out", "o", "--accum-steps", "4"])
     assert args.accum_steps == 4 and TrainConfig().accum_steps == 1
-    with pytest.raises(ValueError, match="accum_steps"):
+    with pytest.raises(ValueError, match="--accum-steps"):
         TrainConfig(accum_steps=0)
 
 

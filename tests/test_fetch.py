@@ -466,7 +466,7 @@ def test_missing_tools_are_skipped(tmp_path, monkeypatch, refused_url):
 
 
 def test_interrupted_download_leaves_nothing(tmp_path, monkeypatch, serve, gz_files):
-    def interrupted(url, dest, insecure, timeout):
+    def interrupted(url, dest, insecure, timeout, limit):
         dest.write_bytes(b"half")
         dest.with_name(dest.name + ".part").write_bytes(b"half")
         raise KeyboardInterrupt
@@ -496,7 +496,8 @@ def test_add_fetch_arguments_matches_fetch_signature():
     args = fetch.add_fetch_arguments(argparse.ArgumentParser()).parse_args(
         ["--mirror", "a", "--mirror", "b", "--insecure", "--timeout", "3", "--data-dir", "d"]
     )
-    assert vars(args) == {"data_dir": "d", "mirrors": ["a", "b"], "insecure": True, "timeout": 3.0}
+    assert vars(args) == {"data_dir": "d", "mirrors": ["a", "b"], "insecure": True, "timeout": 3.0,
+                          "deadline": fetch.DEFAULT_DEADLINE}
 
 
 # ---- archives: the course's zip, ModelScope, safety, diagnostics ---------------------

@@ -179,7 +179,7 @@ def test_packed_training_resumes_exactly(data_dir, tmp_path):
     a, _ = checkpoint.load(tmp_path / "full" / "latest.ckpt")
     b, _ = checkpoint.load(tmp_path / "resumed" / "latest.ckpt")
     for name in a:
-        np.testing.assert_allclose(a[name].asnumpy(), b[name].asnumpy(), rtol=0, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(a[name], b[name], rtol=0, atol=1e-6, err_msg=name)
 
 
 def test_runs_saved_before_packing_resume_with_bucketed_batches(data_dir, tmp_path, monkeypatch):
