@@ -9,6 +9,7 @@ from pathlib import Path
 
 from mindtrans.config import TransformerConfig
 from mindtrans.data import Vocab
+from mindtrans.subword import load_vocab
 from mindtrans.rundir import RunDir
 
 
@@ -91,7 +92,7 @@ def _read_config_and_vocabs(run: RunDir) -> tuple:
     except (ValueError, TypeError) as err:
         raise BundleError(f"{run / RunDir.CONFIG} is not a valid model config: {err}") from err
     try:
-        src_vocab, tgt_vocab = Vocab.load(run / RunDir.SRC_VOCAB), Vocab.load(run / RunDir.TGT_VOCAB)
+        src_vocab, tgt_vocab = load_vocab(run / RunDir.SRC_VOCAB), load_vocab(run / RunDir.TGT_VOCAB)
     except ValueError as err:
         raise BundleError(str(err)) from err
     for name, vocab, size in ((RunDir.SRC_VOCAB, src_vocab, config.src_vocab_size),

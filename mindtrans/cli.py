@@ -78,21 +78,32 @@ def cmd_train(args):
 def cmd_evaluate(args):
     from mindtrans.bundle import load_bundle
     from mindtrans.device import select_device
-    from mindtrans.evaluate import evaluate_bundle
+    from mindtrans.evaluate import evaluate_bundle, evaluate_files
+    from mindtrans.files import atomic_write_text
     from mindtrans.rundir import RunDir
 
+    if (args.src is None) != (args.ref is None):
+        raise ValueError("--src and --ref go together: the German sentences and their English references")
+    if args.out and os.path.exists(args.out):
+        raise FileExistsError(f"--out {args.out} exists: remove it or choose another name (it is never overwritten)")
     select_device(args.device, verbose=not args.json)
     bundle = load_bundle(args.run_dir)
-    run = RunDir(args.run_dir)
-    trained_on = run.train_info().get("corpus") if (run / RunDir.TRAIN_CONFIG).is_file() else None
-    corpus = args.corpus or trained_on or "multi30k"
-    result = evaluate_bundle(bundle, args.data_dir, args.split, corpus, args.beam_size, args.alpha, args.limit)
+    if args.src:
+        result = evaluate_files(bundle, args.src, args.ref, args.beam_size, args.alpha, args.limit)
+    else:
+        run = RunDir(args.run_dir)
+        trained_on = run.train_info().get("corpus") if (run / RunDir.TRAIN_CONFIG).is_file() else None
+        corpus = args.corpus or trained_on or "multi30k"
+        result = evaluate_bundle(bundle, args.data_dir, args.split, corpus, args.beam_size, args.alpha, args.limit)
+    hypotheses = result.pop("hypotheses")
+    if args.out:
+        atomic_write_text(args.out, "".join(line + "\n" for line in hypotheses))
     if args.json:
         print(json.dumps(result))
     else:
         print(f"{result['split']} ({result['sentences']} sentences, beam {result['beam_size']}): "
-              f"BLEU {result['bleu_tokenized']:.2f} (tokenized, lowercased), sacreBLEU {result['sacrebleu']:.2f}, "
-              f"perplexity {result['ppl']:.2f}")
+              f"sacreBLEU {result['sacrebleu']:.2f} (cased; {result['sacrebleu_signature']}), "
+              f"BLEU {result['bleu_tokenized']:.2f} (tokenized, lowercased), perplexity {result['ppl']:.2f}")
 
 
 def cmd_translate(args):
@@ -152,11 +163,14 @@ def cmd_demo(args):
 
 def add_use_commands(sub) -> None:
     """`evaluate` and `translate`: the subcommands that use a trained bundle."""
-    p = sub.add_parser("evaluate", help="BLEU and perplexity of a bundle on a whole split")
+    p = sub.add_parser("evaluate", help="BLEU and perplexity of a bundle on a whole split, or on any parallel text")
     p.add_argument("run_dir", help="a run directory written by `mindtrans train`")
     add_data_dir(p)
     p.add_argument("--split", default="test2016", choices=["train", "val", "test2016"], help="default: %(default)s")
     p.add_argument("--corpus", choices=["multi30k", "synthetic"], help="default: the one the model was trained on")
+    p.add_argument("--src", help="instead of --split: a file of German sentences, one per line")
+    p.add_argument("--ref", help="with --src: their English references, line by line")
+    p.add_argument("--out", help="write the translations to this new file, one per line")
     add_search_arguments(p)
     p.add_argument("--limit", type=positive_int, help="only the first N sentences")
     p.add_argument("--json", action="store_true", help="print one JSON object")

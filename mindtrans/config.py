@@ -31,6 +31,7 @@ class TransformerConfig:
     norm: str = "layernorm"
     norm_first: bool = False
     tie_embeddings: bool = False
+    share_embeddings: bool = False  # the source embedding is the target's (one joint vocabulary)
     fused_qkv: bool = True
     norm_eps: float = 1e-5
     pad_id: int = 1
@@ -79,6 +80,9 @@ class TransformerConfig:
             problems.append(f"norm must be one of {NORMS}, got {self.norm!r}")
         if not self.norm_eps > 0:
             problems.append(f"norm_eps must be positive, got {self.norm_eps!r}")
+        if sizes_valid and self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
+            problems.append(f"share_embeddings needs one joint vocabulary, got {self.src_vocab_size} source and "
+                            f"{self.tgt_vocab_size} target tokens")
         if sizes_valid and not 0 <= self.pad_id < min(self.src_vocab_size, self.tgt_vocab_size):
             problems.append(f"pad_id={self.pad_id} must be a valid id in both vocabularies")
         return problems

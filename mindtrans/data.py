@@ -161,6 +161,18 @@ class Vocab:
             tokens.append(self.itos[i])
         return tokens
 
+    def encode_text(self, text: str) -> list[int]:
+        """A raw sentence -> ids: tokenized (lowercased words), unknown words as ``UNK``."""
+        return self.encode(tokenize(text))
+
+    def decode_text(self, ids) -> str:
+        """Ids -> a detokenized sentence (lowercase, as the words are)."""
+        return detokenize(self.decode(ids))
+
+    def words(self, ids) -> list[str]:
+        """Ids -> the lowercased word tokens that tokenized BLEU compares."""
+        return self.decode(ids)
+
     def save(self, path: str | os.PathLike) -> None:
         """Write the vocabulary as JSON (atomically)."""
         payload = {"format": self._FORMAT, "version": 1, "itos": self.itos}
@@ -265,7 +277,8 @@ def _frame(ids: list[int], max_len: int | None) -> tuple[np.ndarray, bool]:
 
 
 def encode_pairs(pairs, src_vocab: Vocab, tgt_vocab: Vocab, max_len: int | None = None) -> EncodedPairs:
-    """Tokenize and encode sentence pairs as ``int32`` arrays ``[<bos>, ..., <eos>]``.
+    """Encode sentence pairs as ``int32`` arrays ``[<bos>, ..., <eos>]`` (``encode_text`` of
+    either kind of vocabulary: words or subwords).
 
     A side longer than ``max_len`` ids (``<bos>``/``<eos>`` included) is cut to
     ``max_len`` with ``<eos>`` kept last; the result's ``n_truncated`` counts the pairs
@@ -275,8 +288,8 @@ def encode_pairs(pairs, src_vocab: Vocab, tgt_vocab: Vocab, max_len: int | None 
         raise ValueError(f"max_len must leave room for <bos> and <eos>, got {max_len}")
     out = EncodedPairs()
     for src, tgt in pairs:
-        src_ids, cut_src = _frame(src_vocab.encode(tokenize(src)), max_len)
-        tgt_ids, cut_tgt = _frame(tgt_vocab.encode(tokenize(tgt)), max_len)
+        src_ids, cut_src = _frame(src_vocab.encode_text(src), max_len)
+        tgt_ids, cut_tgt = _frame(tgt_vocab.encode_text(tgt), max_len)
         out.append((src_ids, tgt_ids))
         out.n_truncated += cut_src or cut_tgt
     if out.n_truncated:

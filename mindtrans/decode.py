@@ -14,7 +14,7 @@ import numpy as np
 from mindspore import ops
 
 from mindtrans import compat
-from mindtrans.data import BOS, EOS, PAD, detokenize, tokenize
+from mindtrans.data import BOS, EOS, PAD
 
 
 _COMPILED_STEPS = weakref.WeakKeyDictionary()  # model -> its compiled decoding step
@@ -240,7 +240,10 @@ def _sort_candidates(candidates, top, vocab: int, live) -> list:
 
 
 class Translator:
-    """Sentences in, sentences out: tokenize, batch by length, decode, detokenize, restore order.
+    """Sentences in, sentences out: encode, batch by length, decode, decode the text, restore order.
+
+    The vocabularies are word-level (`mindtrans.data.Vocab`: lowercased words) or subword
+    (`mindtrans.subword.SubwordVocab`: cased text); both turn text into ids and back.
 
     A blank sentence translates to an empty one (nothing is decoded for it).
     """
@@ -256,7 +259,7 @@ class Translator:
 
     def encode(self, sentence: str) -> list:
         """Source ids with <bos>/<eos>; input longer than the model's max_len is cut, with a warning."""
-        ids = [BOS, *self.src_vocab.encode(tokenize(sentence)), EOS]
+        ids = [BOS, *self.src_vocab.encode_text(sentence), EOS]
         if len(ids) > self.max_src_len:
             warnings.warn(f"input of {len(ids)} tokens truncated to the model's max_len={self.max_src_len}: "
                           f"{sentence[:40]!r}...", stacklevel=3)
@@ -299,10 +302,10 @@ class Translator:
         return (hyps, attns) if return_attention else hyps
 
     def translate(self, sentences, beam_size: int = DEFAULT_BEAM, alpha: float = DEFAULT_ALPHA) -> list:
-        """Detokenized translations of `sentences` (a list of strings), in input order."""
+        """The translations of `sentences` (a list of strings) as text, in input order."""
         if isinstance(sentences, str):
             raise TypeError("translate() takes a list of sentences; wrap a single one in a list")
-        return [detokenize(self.tgt_vocab.decode(ids)) for ids in self.translate_ids(sentences, beam_size, alpha)]
+        return [self.tgt_vocab.decode_text(ids) for ids in self.translate_ids(sentences, beam_size, alpha)]
 
 
 def _check_count(name: str, value) -> None:

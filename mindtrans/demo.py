@@ -39,7 +39,8 @@ def run_demo(data_dir, out, mirrors=(), minutes: float = 3.0) -> dict:
     print("== 3/4 evaluating on the whole test split")
     bundle = load_bundle(out)
     scores = evaluate_bundle(bundle, data_dir, "test2016", corpus, beam_size=4)
-    print(f"BLEU {scores['bleu_tokenized']:.2f} (tokenized, lowercased), sacreBLEU {scores['sacrebleu']:.2f}, "
+    scores.pop("hypotheses")
+    print(f"sacreBLEU {scores['sacrebleu']:.2f} (cased), BLEU {scores['bleu_tokenized']:.2f} (tokenized, lowercased), "
           f"perplexity {scores['ppl']:.2f}, {scores['sentences']} sentences with beam 4")
     print("== 4/4 translating")
     translator = bundle.translator()

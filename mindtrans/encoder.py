@@ -28,9 +28,10 @@ class EncoderLayer(nn.Cell):
 class Encoder(nn.Cell):
     """Token ids -> embeddings + positions -> N encoder layers (-> final norm for Pre-LN)."""
 
-    def __init__(self, config: TransformerConfig):
+    def __init__(self, config: TransformerConfig, embed=None):
+        """`embed`: a TokenEmbedding to share (the decoder's, with one joint vocabulary)."""
         super().__init__()
-        self.embed = TokenEmbedding(config.src_vocab_size, config.d_model)
+        self.embed = embed if embed is not None else TokenEmbedding(config.src_vocab_size, config.d_model)
         self.positions = PositionalEncoding(config.d_model, config.max_len, config.dropout)
         self.layers = nn.CellList([EncoderLayer(config) for _ in range(config.n_encoder_layers)])
         self.final_norm = make_norm(config.norm, config.d_model, config.norm_eps) if config.norm_first else None

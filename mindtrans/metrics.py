@@ -46,6 +46,15 @@ def sacrebleu_score(hypotheses, references) -> float:
     return sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score
 
 
+def sacrebleu_signature() -> str:
+    """sacreBLEU's signature of `sacrebleu_score`'s settings, e.g. nrefs:1|case:mixed|eff:no|tok:13a|..."""
+    import sacrebleu
+
+    bleu = sacrebleu.BLEU()
+    bleu.corpus_score(["a"], [["a"]])  # the signature is only known once the metric has run
+    return str(bleu.get_signature())
+
+
 def perplexity(mean_nll: float) -> float:
     """exp(mean negative log-likelihood per token)."""
     return math.exp(min(mean_nll, 700.0))

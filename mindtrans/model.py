@@ -19,8 +19,10 @@ class Transformer(nn.Cell):
         super().__init__()
         self.config = config
         self.pad_id = int(config.pad_id)  # a plain number: graph code never reads dataclass fields
-        self.encoder = Encoder(config)
-        self.decoder = Decoder(config)
+        decoder = Decoder(config)
+        # Shared: the encoder looks its tokens up in the decoder's table (one joint vocabulary).
+        self.encoder = Encoder(config, embed=decoder.embed if config.share_embeddings else None)
+        self.decoder = decoder
         # Tied: the output projection reuses the target embedding table (Press & Wolf, 2017).
         self.generator = None if config.tie_embeddings else Linear(config.d_model, config.tgt_vocab_size)
 

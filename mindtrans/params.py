@@ -82,6 +82,7 @@ def estimate_parameters(config: TransformerConfig) -> dict:
     """The breakdown of `Transformer(config)`, from its sizes alone.
 
         embeddings = (V_src + V_tgt) d                    one table per language
+                   = V d with share_embeddings            (one joint table)
         attention  = (N_enc + 2 N_dec) * 4 (d^2 + d)      encoder: self-attention;
                                                           decoder: self- and cross-attention
         ffn        = (N_enc + N_dec) * (2 d f + f + d)
@@ -101,7 +102,7 @@ def estimate_parameters(config: TransformerConfig) -> dict:
     norm = 2 * d if c.norm == "layernorm" else d
     final_norms = 2 if c.norm_first else 0
     return _breakdown(
-        embeddings=(c.src_vocab_size + c.tgt_vocab_size) * d,
+        embeddings=(0 if c.share_embeddings else c.src_vocab_size) * d + c.tgt_vocab_size * d,
         attention=(c.n_encoder_layers + 2 * c.n_decoder_layers) * attention_block,
         ffn=(c.n_encoder_layers + c.n_decoder_layers) * ffn_block,
         norms=(2 * c.n_encoder_layers + 3 * c.n_decoder_layers + final_norms) * norm,

@@ -44,6 +44,12 @@ class TrainConfig:
                       choices=("auto", "on", "off"))
     mode: str = option("graph", "'graph' compiles the train step; 'pynative' runs eagerly, for debugging",
                        choices=("graph", "pynative"))
+    vocab: str = option("word", "'word': lowercased words, rarer ones <unk> (the lessons'); 'subword': one "
+                                "SentencePiece model for both languages, on cased text (no <unk>, cased output)",
+                        choices=("word", "subword"))
+    subword_size: int = option(8000, "pieces in the joint subword vocabulary (with --vocab subword)")
+    share_embeddings: bool = option(False, "one embedding table for source, target and output projection "
+                                           "(needs --vocab subword)")
     max_len: int = option(128, "longest sentence in tokens, <bos>/<eos> included; longer ones are cut")
     min_freq: int = option(2, "rarer words become <unk>")
     average_last: int = option(0, "at the end, average the weights of the last N epochs and keep the mean if its "
@@ -67,6 +73,10 @@ class TrainConfig:
         if not (self.lr > 0 and self.clip_norm > 0 and 0 <= self.label_smoothing < 1):
             raise ValueError("--lr and --clip-norm must be positive and --label-smoothing in [0, 1), got "
                              f"{self.lr}, {self.clip_norm} and {self.label_smoothing}")
+        if self.subword_size < 300:  # 256 byte pieces, the specials and a corpus's characters
+            raise ValueError(f"--subword-size must be at least 300, got {self.subword_size}")
+        if self.share_embeddings and self.vocab != "subword":
+            raise ValueError("--share-embeddings needs one vocabulary for both languages: add --vocab subword")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
 
@@ -101,8 +111,9 @@ def flag(name: str) -> str:
 def add_arguments(parser) -> None:
     """One flag per TrainConfig field, with its type, default, choices and help."""
     for f in fields(TrainConfig):
-        if f.type in (bool, "bool"):  # a switch that turns the default (True) off
-            parser.add_argument(flag(f.name), dest=f.name, action="store_false", help=f.metadata["help"])
+        if f.type in (bool, "bool"):  # a switch: --no-pack turns a default True off, --share-embeddings on
+            action = "store_false" if f.default else "store_true"
+            parser.add_argument(flag(f.name), dest=f.name, action=action, help=f.metadata["help"])
             continue
         kind = float if f.name == "dropout" else type(f.default)
         extra = {"choices": f.metadata["choices"]} if "choices" in f.metadata else {}

@@ -29,7 +29,8 @@ from mindtrans.averaging import keep_epoch_weights, try_averaged_weights
 from mindtrans.batching import BucketBatcher, PackedBatcher
 from mindtrans.config import TransformerConfig
 from mindtrans.corpus import ensure_corpus, explain_corpus, resolve_corpus
-from mindtrans.data import Vocab, build_vocabs, encode_pairs, load_split
+from mindtrans.data import Vocab, encode_pairs, load_split
+from mindtrans.subword import build_vocabs, load_vocab
 from mindtrans.device import select_device
 from mindtrans.model import Transformer
 from mindtrans.rundir import RunDir
@@ -140,11 +141,13 @@ def prepare_run(data_dir, out, cfg: TrainConfig, resume: bool, verbose: bool, ov
     ensure_corpus(data_dir, corpus)
     train_pairs, val_pairs = load_split(data_dir, "train", corpus=corpus), load_split(data_dir, "val", corpus=corpus)
     if resume:
-        src_vocab, tgt_vocab = Vocab.load(out / RunDir.SRC_VOCAB), Vocab.load(out / RunDir.TGT_VOCAB)
+        src_vocab, tgt_vocab = load_vocab(out / RunDir.SRC_VOCAB), load_vocab(out / RunDir.TGT_VOCAB)
         config = TransformerConfig.from_dict(out.read_json(RunDir.CONFIG))
     else:
-        src_vocab, tgt_vocab = build_vocabs(train_pairs, cfg.min_freq)
+        src_vocab, tgt_vocab = build_vocabs(train_pairs, cfg.vocab, cfg.min_freq, cfg.subword_size)
         overrides = {"dropout": cfg.dropout} if cfg.dropout is not None else {}
+        if cfg.share_embeddings:  # one table for source, target and output projection
+            overrides.update(share_embeddings=True, tie_embeddings=True)
         config = TransformerConfig.preset(cfg.preset, **overrides).with_vocab(len(src_vocab), len(tgt_vocab))
         config = replace(config, max_len=max(config.max_len, cfg.max_len))
     packed = cfg.pack and cfg.accum_steps == 1 and world == 1

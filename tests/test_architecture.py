@@ -9,7 +9,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mindtrans"
 # The flow fetch -> data -> batching -> steps -> loop -> run directory -> bundle -> CLI, with
 # the model and search (decoding) beside it: a module may import only those before it.
 LAYERS = [
-    "files", "compat", "multi30k_digests", "fetch", "config", "data", "corpus", "batching", "device", "metrics",
+    "files", "compat", "multi30k_digests", "fetch", "config", "data", "subword", "corpus", "batching", "device",
+    "metrics",
     "layers", "attention", "encoder", "decoder", "model", "params", "decode", "loss", "schedule",
     "steps", "checkpoint_reader", "checkpoint", "rundir", "averaging", "train_config", "distributed", "training",
     "bundle", "evaluate", "demo", "cli", "__main__",
