@@ -72,6 +72,7 @@ def main():
     from mindtrans.evaluate import evaluate_bundle
     from mindtrans.params import count_parameters
     from mindtrans.rundir import RunDir
+    from mindtrans.train_config import TrainConfig
 
     device = select_device(verbose=False)
     run = RunDir(args.run_dir)
@@ -83,7 +84,8 @@ def main():
     scores = {}
     for name, beam in (("greedy", 1), (f"beam{args.beam}", args.beam)):
         result = evaluate_bundle(bundle, data_dir, "test2016", train_info["corpus"], beam_size=beam, alpha=args.alpha)
-        scores[name] = {key: result[key] for key in ("bleu_tokenized", "sacrebleu", "translate_seconds")}
+        scores[name] = {key: result[key] for key in ("sacrebleu", "bleu_tokenized", "translate_seconds")}
+        scores["sacrebleu_signature"] = result["sacrebleu_signature"]
         scores["test_loss"], scores["test_ppl"] = result["loss"], result["ppl"]
 
     training = metadata.get("training", {})
@@ -98,7 +100,8 @@ def main():
         "model": {"preset": train_info["train"]["preset"], "parameters": count_parameters(bundle.model)["total"],
                   **{key: bundle.config.to_dict()[key] for key in ("d_model", "n_heads", "n_encoder_layers",
                                                                     "n_decoder_layers", "d_ff", "dropout")}},
-        "vocab": {"src": len(bundle.src_vocab), "tgt": len(bundle.tgt_vocab)},
+        "vocab": {"kind": TrainConfig.from_dict(train_info["train"]).vocab, "src": len(bundle.src_vocab),
+                  "tgt": len(bundle.tgt_vocab), "shared_embeddings": bundle.config.share_embeddings},
         "training": {"steps": training.get("steps"), "epochs": training.get("epochs_completed"),
                      "train_time_s": training.get("train_time_s"), "stopped": training.get("stopped"),
                      "mean_epoch_s": sum(row["epoch_time_s"] for row in log) / max(len(log), 1),

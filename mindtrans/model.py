@@ -25,6 +25,8 @@ class Transformer(nn.Cell):
         self.decoder = decoder
         # Tied: the output projection reuses the target embedding table (Press & Wolf, 2017).
         self.generator = None if config.tie_embeddings else Linear(config.d_model, config.tgt_vocab_size)
+        self.tgt_vocab_size, self.d_model = int(config.tgt_vocab_size), int(config.d_model)
+        self.matmul_t = ops.MatMul(transpose_b=True)  # 2-D, as in Linear: ops.matmul's generic path is slow
 
     def encode(self, src):
         """src (B, Ls) ids -> memory (B, Ls, D), src_mask (B, 1, 1, Ls), per-layer self-attention weights."""
@@ -35,7 +37,8 @@ class Transformer(nn.Cell):
     def project(self, hidden):
         """Decoder states (B, L, D) -> logits (B, L, V_tgt)."""
         if self.generator is None:
-            return ops.matmul(hidden, self.decoder.embed.weight.T)
+            logits = self.matmul_t(hidden.reshape(-1, self.d_model), self.decoder.embed.weight)
+            return logits.reshape(hidden.shape[:-1] + (self.tgt_vocab_size,))
         return self.generator(hidden)
 
     def decode(self, tgt, memory, src_mask, cache=None, position=None):

@@ -152,3 +152,18 @@ def test_vocab_and_sharing_are_train_flags():
 def test_too_small_a_subword_vocabulary_says_how_small():
     with pytest.raises(ValueError, match=r"of 270 pieces is too small for this corpus: .* need \d+"):
         build_vocabs(PAIRS, "subword", size=270)
+
+
+def test_a_subword_run_trains_resumes_and_translates_cased(tmp_path):
+    from mindtrans.corpus import write_synthetic
+    from mindtrans.training import train
+
+    write_synthetic(tmp_path, n_train=300, n_val=20, n_test=20)
+    cfg = TrainConfig(preset="tiny", corpus="synthetic", vocab="subword", subword_size=400, share_embeddings=True,
+                      epochs=1, max_steps=3, batch_tokens=512, warmup_steps=2, max_len=32)
+    train(tmp_path, tmp_path / "run", cfg, verbose=False)
+    more = train(tmp_path, tmp_path / "run", TrainConfig(max_steps=5), resume=True, verbose=False)
+    assert more["steps"] == 5
+    bundle = load_bundle(tmp_path / "run")
+    assert isinstance(bundle.tgt_vocab, SubwordVocab) and bundle.config.share_embeddings
+    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["train"]["vocab"] == "subword"
