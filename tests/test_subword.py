@@ -160,7 +160,7 @@ def test_a_subword_run_trains_resumes_and_translates_cased(tmp_path):
 
     write_synthetic(tmp_path, n_train=300, n_val=20, n_test=20)
     cfg = TrainConfig(preset="tiny", corpus="synthetic", vocab="subword", subword_size=400, share_embeddings=True,
-                      epochs=1, max_steps=3, batch_tokens=512, warmup_steps=2, max_len=32)
+                      epochs=1, max_steps=3, batch_tokens=512, warmup_steps=2, max_len=32, mode="pynative")
     train(tmp_path, tmp_path / "run", cfg, verbose=False)
     more = train(tmp_path, tmp_path / "run", TrainConfig(max_steps=5), resume=True, verbose=False)
     assert more["steps"] == 5

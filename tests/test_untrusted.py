@@ -256,7 +256,7 @@ def data_dir(tmp_path_factory):
 
 
 TINY = TrainConfig(preset="tiny", corpus="synthetic", epochs=1, max_steps=3, batch_tokens=256, warmup_steps=2,
-                   max_len=24)
+                   max_len=24, mode="pynative")  # three steps: compiling would cost more than running
 
 
 def test_train_refuses_an_out_that_holds_a_run(data_dir, copy, capsys):
@@ -446,9 +446,9 @@ def test_an_empty_split_is_named(tmp_path, split):
 
 # --------------------------------------------------------------------------- downloads
 class _Dripping:
-    """A loopback server that sends its body one byte every `every` seconds."""
+    """A loopback server that sends its body `chunk` bytes every `every` seconds."""
 
-    def __init__(self, every: float, size: int):
+    def __init__(self, every: float, size: int, chunk: int = 1):
         import http.server
         import threading
 
@@ -460,10 +460,10 @@ class _Dripping:
                 self.send_header("Content-Length", str(size))
                 self.end_headers()
                 try:
-                    for _ in range(size):
+                    for _ in range(0, size, chunk):
                         if drip.stopped:
                             return
-                        self.wfile.write(b"x")
+                        self.wfile.write(b"x" * chunk)
                         self.wfile.flush()
                         time.sleep(every)
                 except OSError:
@@ -551,7 +551,7 @@ def test_the_download_caps_follow_the_texts():
 
 
 def test_sigterm_mid_download_leaves_no_partial_file(tmp_path):
-    server = _Dripping(every=0.05, size=100_000)
+    server = _Dripping(every=0.1, size=100 << 20, chunk=64 << 10)  # bytes at once, never done in time
     script = ("import sys; from mindtrans import fetch; fetch.BUILTIN_MIRRORS = (); "
               "fetch.fetch_multi30k(sys.argv[1], [sys.argv[2]], timeout=5)")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WGETRC": os.devnull}
