@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mindtrans.config import TransformerConfig
 from mindtrans.data import Vocab
-from mindtrans.subword import load_vocab
+from mindtrans.subword import is_subword_file, load_vocab
 from mindtrans.rundir import RunDir
 
 
@@ -74,15 +74,20 @@ def load_bundle(path, weights: str = RunDir.MODEL) -> Bundle:
     except ValueError as err:
         raise BundleError(str(err)) from err
     model.set_train(False)
+    _check_unchanged(run, RunDir.BUNDLE[:3] + (weights,))
+    return Bundle(run.path, config, model, src_vocab, tgt_vocab, run.read_json(RunDir.METADATA)
+                  if (run / RunDir.METADATA).is_file() else {})
+
+
+def _check_unchanged(run: RunDir, names) -> None:
+    """BundleError naming the first of `names` whose sha256 is not the one metadata.json records."""
     try:
-        metadata = run.read_json(RunDir.METADATA) if (run / RunDir.METADATA).is_file() else {}
-        changed = run.changed_files(RunDir.BUNDLE[:3] + (weights,))
+        changed = run.changed_files(names)
     except (ValueError, AttributeError) as err:
         raise BundleError(f"{run / RunDir.METADATA} is not a valid metadata file: {err}") from err
     if changed:
         raise BundleError(f"{run / changed[0]} changed after the bundle was saved (its sha256 is not the one "
                           f"{RunDir.METADATA} records): restore the original file, or train the model again")
-    return Bundle(run.path, config, model, src_vocab, tgt_vocab, metadata)
 
 
 def _read_config_and_vocabs(run: RunDir) -> tuple:
@@ -91,6 +96,8 @@ def _read_config_and_vocabs(run: RunDir) -> tuple:
         config = TransformerConfig.from_dict(json.loads((run / RunDir.CONFIG).read_text()))
     except (ValueError, TypeError) as err:
         raise BundleError(f"{run / RunDir.CONFIG} is not a valid model config: {err}") from err
+    # A subword model is parsed by sentencepiece's native code: only once it is the file that was saved.
+    _check_unchanged(run, [name for name in (RunDir.SRC_VOCAB, RunDir.TGT_VOCAB) if is_subword_file(run / name)])
     try:
         src_vocab, tgt_vocab = load_vocab(run / RunDir.SRC_VOCAB), load_vocab(run / RunDir.TGT_VOCAB)
     except ValueError as err:

@@ -97,6 +97,17 @@ class SubwordVocab:
         return vocab
 
 
+def is_subword_file(path) -> bool:
+    """Whether `path` is a vocabulary file that holds a SentencePiece model."""
+    from pathlib import Path
+
+    try:
+        payload = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(payload, dict) and payload.get("format") == FORMAT
+
+
 def load_vocab(path):
     """A vocabulary file of either kind: `SubwordVocab` or word-level `Vocab`."""
     from pathlib import Path

@@ -120,6 +120,23 @@ def test_a_changed_subword_model_is_refused(shared_bundle, tmp_path):
         load_bundle(copy)
 
 
+def test_a_changed_subword_model_never_reaches_sentencepiece(shared_bundle, tmp_path, monkeypatch):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(shared_bundle[0], copy)
+    payload = json.loads((copy / "src_vocab.json").read_text())
+    payload["sentencepiece_model"] = "AAAA" + payload["sentencepiece_model"][4:]  # crafted model bytes
+    (copy / "src_vocab.json").write_text(json.dumps(payload))
+
+    def native_parse(self, model_proto):
+        raise AssertionError("sentencepiece saw a file that changed")
+
+    monkeypatch.setattr(SubwordVocab, "__init__", native_parse)
+    with pytest.raises(BundleError, match="src_vocab.json changed after the bundle was saved"):
+        load_bundle(copy)
+
+
 def test_evaluate_any_parallel_text(shared_bundle, tmp_path, capsys):
     path, _ = shared_bundle
     (tmp_path / "in.de").write_text("Ein Hund.\nZwei Frauen.\n\n")
