@@ -4,7 +4,9 @@ Both encode the source once, then run the decoder on one new token per step: the
 cache holds every layer's keys and values of the earlier positions (and the
 projected encoder memory), so no step recomputes the prefix. The step is one
 compiled graph (`decode_step`) over a cache with a fixed number of slots, so that
-a step costs its arithmetic rather than a hundred eager op dispatches.
+a step costs its arithmetic rather than a hundred eager op dispatches. The searches
+see a model only through `Steps` (encode, step): a `Transformer`'s, or the MindIR
+graphs of an exported one (`mindtrans.exported`), which run without the model code.
 """
 import warnings
 import weakref
@@ -20,6 +22,40 @@ from mindtrans.data import BOS, EOS, PAD
 _COMPILED_STEPS = weakref.WeakKeyDictionary()  # model -> its compiled decoding step
 
 
+def step_function(model):
+    """`model`'s decoding step as a plain function, for `decode_step` to compile and for the export
+    (`mindtrans.export`) to trace; see `decode_step` for its arguments and results."""
+    n_layers = model.config.n_decoder_layers
+
+    def step(tokens, src_mask, cache, position, rows):
+        nested = ()
+        for i in range(n_layers):
+            self_keys, self_values, cross_keys, cross_values = cache[4 * i:4 * i + 4]
+            nested += ((ops.gather(self_keys, rows, 0), ops.gather(self_values, rows, 0), cross_keys,
+                        cross_values),)
+        logits, new_cache, weights = model.decode(tokens, None, src_mask, nested, position)
+        flat = ()
+        for layer in new_cache:
+            flat += layer
+        # squeeze, not [:, -1]: the CPU StridedSlice kernel takes ~30 ms on (512, 1, V)
+        log_probs = ops.log_softmax(logits.squeeze(1).astype(ms.float32), axis=-1)
+        return log_probs, flat, weights[-1].squeeze(2).mean(axis=1)
+
+    return step
+
+
+def step_signature(config, dtype=ms.float32) -> dict:
+    """The decoding step's inputs with their symbolic dimensions (None): batch B, source length Ls and
+    the number of cache slots; `position` is an int32 scalar."""
+    heads, d_head = config.n_heads, config.d_model // config.n_heads
+    any_cache = ms.Tensor(shape=[None, heads, None, d_head], dtype=dtype)
+    return dict(tokens=ms.Tensor(shape=[None, 1], dtype=ms.int32),
+                src_mask=ms.Tensor(shape=[None, 1, 1, None], dtype=ms.bool_),
+                cache=(any_cache,) * (4 * config.n_decoder_layers),
+                position=ms.Tensor(0, ms.int32),  # a scalar
+                rows=ms.Tensor(shape=[None], dtype=ms.int32))
+
+
 def decode_step(model, dtype=ms.float32):
     """`model`'s decoding step as one compiled graph, built on first use for all shapes.
 
@@ -33,41 +69,54 @@ def decode_step(model, dtype=ms.float32):
     """
     compiled = _COMPILED_STEPS.setdefault(model, {})
     if dtype not in compiled:
-        n_layers = model.config.n_decoder_layers
-
-        def step(tokens, src_mask, cache, position, rows):
-            nested = ()
-            for i in range(n_layers):
-                self_keys, self_values, cross_keys, cross_values = cache[4 * i:4 * i + 4]
-                nested += ((ops.gather(self_keys, rows, 0), ops.gather(self_values, rows, 0), cross_keys,
-                            cross_values),)
-            logits, new_cache, weights = model.decode(tokens, None, src_mask, nested, position)
-            flat = ()
-            for layer in new_cache:
-                flat += layer
-            # squeeze, not [:, -1]: the CPU StridedSlice kernel takes ~30 ms on (512, 1, V)
-            log_probs = ops.log_softmax(logits.squeeze(1).astype(ms.float32), axis=-1)
-            return log_probs, flat, weights[-1].squeeze(2).mean(axis=1)
-
-        heads, d_head = model.config.n_heads, model.config.d_model // model.config.n_heads
-        any_cache = ms.Tensor(shape=[None, heads, None, d_head], dtype=dtype)
-        signature = dict(tokens=ms.Tensor(shape=[None, 1], dtype=ms.int32),
-                         src_mask=ms.Tensor(shape=[None, 1, 1, None], dtype=ms.bool_),
-                         cache=(any_cache,) * (4 * n_layers),
-                         position=ms.Tensor(0, ms.int32),  # a scalar
-                         rows=ms.Tensor(shape=[None], dtype=ms.int32))
-        compiled[dtype] = compat.compiled_or_eager(step, "the decoding step", signature)
+        compiled[dtype] = compat.compiled_or_eager(step_function(model), "the decoding step",
+                                                   step_signature(model.config, dtype))
     return compiled[dtype]
 
 
-def _start(model, src: np.ndarray, slots: int, repeat: int = 1):
-    """Encode src (B, Ls) once: src_mask, a fixed-slot flat cache for B * repeat rows, the compiled step."""
-    memory, src_mask, _ = model.encode(ms.Tensor(src))
-    if repeat > 1:  # beam b of sentence i is row i * repeat + b
+class Steps:
+    """A translation model as the searches see it; a trained `Transformer` is one through `ModelSteps`,
+    an exported one (`mindtrans.exported`) through its graphs.
+
+    `config`: its `TransformerConfig`. `encode(src)`: src (B, Ls) int32 Tensor -> src_mask
+    (B, 1, 1, Ls) and the flat tuple of every decoder layer's cross-attention keys and values,
+    each (B, H, Ls, D/H). `step(...)`: as `decode_step`'s compiled function.
+    """
+
+    config = None
+
+
+class ModelSteps(Steps):
+    """A `Transformer`'s encoder (eager) and compiled decoding step (`decode_step`)."""
+
+    def __init__(self, model):
+        self.model, self.config = model, model.config
+
+    def encode(self, src):
+        return self.model.encode_for_steps(src)
+
+    def step(self, tokens, src_mask, cache, position, rows):
+        return decode_step(self.model, cache[0].dtype)(tokens, src_mask, ms.mutable(cache), position, rows)
+
+
+def as_steps(model) -> Steps:
+    """`model` itself if it is `Steps`, else the `ModelSteps` of a `Transformer`."""
+    return model if isinstance(model, Steps) else ModelSteps(model)
+
+
+def _start(steps: Steps, src: np.ndarray, slots: int, repeat: int = 1):
+    """Encode src (B, Ls) once: src_mask and a flat cache with `slots` empty self-attention slots,
+    both for B * repeat rows (beam b of sentence i is row i * repeat + b)."""
+    src_mask, crosses = steps.encode(ms.Tensor(src.astype(np.int32)))
+    if repeat > 1:
         rows = ms.Tensor(np.repeat(np.arange(src.shape[0]), repeat).astype(np.int32))
-        memory, src_mask = ops.gather(memory, rows, 0), ops.gather(src_mask, rows, 0)
-    cache = tuple(t for layer in model.decoder.init_cache(memory, slots) for t in layer)
-    return src_mask, cache, decode_step(model, memory.dtype)
+        src_mask, crosses = ops.gather(src_mask, rows, 0), tuple(ops.gather(t, rows, 0) for t in crosses)
+    cache = ()
+    for keys, values in zip(crosses[0::2], crosses[1::2]):
+        batch, heads, _, d_head = keys.shape
+        empty = ops.zeros((batch, heads, slots, d_head), keys.dtype)
+        cache += (empty, empty, keys, values)
+    return src_mask, cache
 
 
 DEFAULT_BEAM, DEFAULT_ALPHA = 4, 0.6  # the beam size and length-penalty exponent everything defaults to
@@ -89,14 +138,14 @@ def _grow(cache: tuple, extra: int) -> tuple:
     return tuple(grown)
 
 
-def _run_step(step, tokens: np.ndarray, src_mask, cache, position: int, rows: np.ndarray):
+def _run_step(steps: Steps, tokens: np.ndarray, src_mask, cache, position: int, rows: np.ndarray):
     """One compiled step with NumPy in and out: (log_probs (B, V), cache, attention (B, Ls));
     the cache gets more slots first when `position` is past its end."""
     slots = cache[0].shape[2]
     if position >= slots:
         cache = _grow(cache, SLOT_CHUNK)
-    log_probs, cache, attention = step(ms.Tensor(tokens), src_mask, ms.mutable(cache), ms.Tensor(position, ms.int32),
-                                       ms.Tensor(rows.astype(np.int32)))
+    log_probs, cache, attention = steps.step(ms.Tensor(tokens), src_mask, cache, ms.Tensor(position, ms.int32),
+                                             ms.Tensor(rows.astype(np.int32)))
     return log_probs.asnumpy(), cache, attention.asnumpy()
 
 
@@ -113,16 +162,18 @@ def _budgets(src: np.ndarray, max_new_tokens, limit: int) -> np.ndarray:
 
 
 def greedy_decode(model, src: np.ndarray, max_new_tokens: int = None, return_attention: bool = False):
-    """Most probable next token at each step, for a batch of padded sources src (B, Ls).
+    """Most probable next token at each step, for a batch of padded sources src (B, Ls);
+    `model` is a `Transformer` or `Steps` (e.g. an exported model).
 
     Returns a list of B token-id lists (without <bos>/<eos>) and, with
     `return_attention`, a list of (T_i, Ls) cross-attention arrays (last layer, mean over
     heads; one row per output token and one for <eos>).
     """
+    model = as_steps(model)
     limits = _budgets(src, max_new_tokens, model.config.max_len)
     steps = int(limits.max())
     batch = src.shape[0]
-    src_mask, cache, step = _start(model, src, _initial_slots(src, steps))
+    src_mask, cache = _start(model, src, _initial_slots(src, steps))
     rows = np.arange(batch)
     tokens = np.full((batch, 1), BOS, dtype=np.int32)
     outputs = np.full((batch, steps), PAD, dtype=np.int32)
@@ -130,7 +181,7 @@ def greedy_decode(model, src: np.ndarray, max_new_tokens: int = None, return_att
     lengths = limits.copy()
     finished = np.zeros(batch, dtype=bool)
     for t in range(steps):
-        log_probs, cache, weights = _run_step(step, tokens, src_mask, cache, t, rows)
+        log_probs, cache, weights = _run_step(model, tokens, src_mask, cache, t, rows)
         next_tokens = log_probs.argmax(axis=-1).astype(np.int32)
         next_tokens[finished] = PAD
         outputs[:, t] = next_tokens
@@ -169,16 +220,16 @@ def beam_search(model, src: np.ndarray, beam_size: int = DEFAULT_BEAM, alpha: fl
     Scores are summed log-probabilities. A sentence is done once `beam_size` hypotheses
     have ended with <eos> and the best of them (ranked by score / `length_penalty`) beats
     every live one at its current length. With beam size 1 this is exactly greedy
-    decoding. Same return values as `greedy_decode`.
+    decoding. Same arguments and return values as `greedy_decode`.
     """
     if beam_size < 1:
         raise ValueError(f"beam_size must be at least 1, got {beam_size}")
     batch, src_len = src.shape
-    k = beam_size
+    k, model = beam_size, as_steps(model)
     limits = _budgets(src, max_new_tokens, model.config.max_len)
     steps = int(limits.max())
     # Beam b of sentence i is row i*k + b.
-    src_mask, cache, step = _start(model, src, _initial_slots(src, steps), repeat=k)
+    src_mask, cache = _start(model, src, _initial_slots(src, steps), repeat=k)
     rows_kept = np.arange(batch * k)
     scores = np.full((batch, k), -np.inf)
     scores[:, 0] = 0.0  # every beam starts as the same <bos>: keep one alive at first
@@ -189,7 +240,7 @@ def beam_search(model, src: np.ndarray, beam_size: int = DEFAULT_BEAM, alpha: fl
     capped = [[] for _ in range(batch)]  # the live hypotheses of a sentence that ran out of budget
     tokens = np.full((batch * k, 1), BOS, dtype=np.int32)
     for t in range(steps):
-        log_probs, cache, weights = _run_step(step, tokens, src_mask, cache, t, rows_kept)
+        log_probs, cache, weights = _run_step(model, tokens, src_mask, cache, t, rows_kept)
         vocab = log_probs.shape[-1]
         candidates = (scores[:, :, None] + log_probs.reshape(batch, k, vocab)).reshape(batch, k * vocab)
         top = _best(candidates, 2 * k)  # 2k: k stay alive even if k end
@@ -245,6 +296,7 @@ class Translator:
     The vocabularies are word-level (`mindtrans.data.Vocab`: lowercased words) or subword
     (`mindtrans.subword.SubwordVocab`: cased text); both turn text into ids and back.
 
+    `model` is a `Transformer` or `Steps` (an exported model: `mindtrans.exported`).
     A blank sentence translates to an empty one (nothing is decoded for it).
     """
 
@@ -252,10 +304,11 @@ class Translator:
         _check_count("batch_size", batch_size)
         if max_new_tokens is not None:
             _check_count("max_new_tokens", max_new_tokens)
-        self.model, self.src_vocab, self.tgt_vocab = model, src_vocab, tgt_vocab
+        if not isinstance(model, Steps):
+            model.set_train(False)
+        self.model, self.steps, self.src_vocab, self.tgt_vocab = model, as_steps(model), src_vocab, tgt_vocab
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
-        self.max_src_len = model.config.max_len
-        model.set_train(False)
+        self.max_src_len = self.steps.config.max_len
 
     def encode(self, sentence: str) -> list:
         """Source ids with <bos>/<eos>; input longer than the model's max_len is cut, with a warning."""
@@ -272,7 +325,7 @@ class Translator:
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha < float("inf"):
             raise ValueError(f"alpha (the length-penalty exponent) must be a finite number >= 0, got {alpha!r}")
         rows = beam_size * min(self.batch_size, max(sentences, 1))
-        need, free = rows * _bytes_per_row(self.model.config), _available_memory()
+        need, free = rows * _bytes_per_row(self.steps.config), _available_memory()
         if free and need > free:
             raise ValueError(f"beam {beam_size} x batch {rows // beam_size} = {rows} rows could need "
                              f"{need / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB free: "
@@ -293,9 +346,9 @@ class Translator:
             for row, i in enumerate(chunk):
                 src[row, :len(encoded[i])] = encoded[i]
             if beam_size == 1:
-                out = greedy_decode(self.model, src, self.max_new_tokens, return_attention=True)
+                out = greedy_decode(self.steps, src, self.max_new_tokens, return_attention=True)
             else:
-                out = beam_search(self.model, src, beam_size, alpha, self.max_new_tokens, return_attention=True)
+                out = beam_search(self.steps, src, beam_size, alpha, self.max_new_tokens, return_attention=True)
             for row, i in enumerate(chunk):
                 hyps[i] = out[0][row]
                 attns[i] = out[1][row][:, :len(encoded[i])]

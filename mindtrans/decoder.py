@@ -48,14 +48,22 @@ class Decoder(nn.Cell):
         self.layers = nn.CellList([DecoderLayer(config) for _ in range(config.n_decoder_layers)])
         self.final_norm = make_norm(config.norm, config.d_model, config.norm_eps) if config.norm_first else None
 
+    def memory_caches(self, memory):
+        """memory (B, Ls, D) -> every layer's cross-attention keys and values, each (B, H, Ls, D/H), as
+        one flat tuple (layer 0's keys, its values, layer 1's keys, ...), projected once per source."""
+        caches = ()
+        for layer in self.layers:
+            caches += layer.cross_attn.memory_cache(memory)
+        return caches
+
     def init_cache(self, memory, slots: int):
         """A fixed-slot cache for `construct(..., position=...)`: per layer (self keys, self values),
         zeros (B, H, slots, D/H), and (cross keys, cross values) projected from memory (B, Ls, D) once."""
-        cache = ()
-        for layer in self.layers:
+        crosses, cache = self.memory_caches(memory), ()
+        for i, layer in enumerate(self.layers):
             attention = layer.self_attn
             empty = ops.zeros((memory.shape[0], attention.n_heads, slots, attention.d_head), memory.dtype)
-            cache += ((empty, empty) + layer.cross_attn.memory_cache(memory),)
+            cache += ((empty, empty) + crosses[2 * i:2 * i + 2],)
         return cache
 
     def construct(self, tgt, memory, src_mask=None, cache=None, position=None, tgt_mask=None, positions=None,

@@ -34,6 +34,18 @@ class Transformer(nn.Cell):
         memory, weights = self.encoder(src, src_mask)
         return memory, src_mask, weights
 
+    def encode_for_steps(self, src):
+        """src (B, Ls) int32 ids -> src_mask (B, 1, 1, Ls) and every decoder layer's cross-attention keys
+        and values (`Decoder.memory_caches`): all that step-by-step decoding needs from the source.
+
+        The encoder's positions are gathered, not sliced, so the graph has no branch on the
+        length (MindIR keeps Ls symbolic; the caller keeps Ls <= max_len). Same values as `encode`.
+        """
+        src_mask = padding_mask(src, self.pad_id)
+        positions = ops.zeros_like(src) + ops.arange(src.shape[1]).astype(src.dtype)
+        memory, _ = self.encoder(src, src_mask, positions)
+        return src_mask, self.decoder.memory_caches(memory)
+
     def project(self, hidden):
         """Decoder states (B, L, D) -> logits (B, L, V_tgt)."""
         if self.generator is None:
