@@ -1,4 +1,4 @@
-"""The `mindtrans` command: fetch, train, evaluate, translate, info, demo."""
+"""The `mindtrans` command: fetch, train, evaluate, translate, export, info, demo."""
 import argparse
 import json
 import os
@@ -109,9 +109,11 @@ def cmd_evaluate(args):
 def cmd_translate(args):
     from mindtrans.bundle import load_bundle
     from mindtrans.device import select_device
+    from mindtrans.exported import is_export, load_export
 
     select_device(args.device, verbose=False)
-    translator = load_bundle(args.run_dir).translator(batch_size=args.batch_size)
+    opened = load_export(args.run_dir) if is_export(args.run_dir) else load_bundle(args.run_dir)
+    translator = opened.translator(batch_size=args.batch_size)
     translator.check_search(args.beam_size, args.alpha, len(args.sentences) or args.batch_size)
     if args.sentences:
         chunks = [args.sentences]
@@ -121,6 +123,16 @@ def cmd_translate(args):
         for line in translator.translate(chunk, beam_size=args.beam_size, alpha=args.alpha):
             print(line)
         sys.stdout.flush()
+
+
+def cmd_export(args):
+    from mindtrans.device import select_device
+    from mindtrans.export import export_bundle
+    from mindtrans.exported import FILES, MANIFEST
+
+    select_device(args.device, verbose=False)
+    out = export_bundle(args.run_dir, args.out, overwrite=args.overwrite)
+    print(f"exported {args.run_dir} to {out}: {', '.join(FILES + (MANIFEST,))}")
 
 
 def stdin_chunks(stream, size: int):
@@ -162,7 +174,7 @@ def cmd_demo(args):
 
 
 def add_use_commands(sub) -> None:
-    """`evaluate` and `translate`: the subcommands that use a trained bundle."""
+    """`evaluate`, `translate` and `export`: the subcommands that use a trained bundle."""
     p = sub.add_parser("evaluate", help="BLEU and perplexity of a bundle on a whole split, or on any parallel text")
     p.add_argument("run_dir", help="a run directory written by `mindtrans train`")
     add_data_dir(p)
@@ -178,13 +190,21 @@ def add_use_commands(sub) -> None:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("translate", help="translate sentences given as arguments, or stdin line by line")
-    p.add_argument("run_dir", help="a run directory written by `mindtrans train`")
+    p.add_argument("run_dir", help="a run directory written by `mindtrans train`, or an export (`mindtrans export`)")
     p.add_argument("sentences", nargs="*", help="German sentences; none: read one per line from stdin")
     add_search_arguments(p)
     p.add_argument("--batch-size", type=positive_int, default=128,
                    help="sentences decoded together (default: %(default)s)")
     add_device(p)
     p.set_defaults(func=cmd_translate)
+
+    p = sub.add_parser("export", help="write a bundle's model as MindIR graphs that translate without mindtrans's "
+                       "model code (MindSpore Lite, serving)")
+    p.add_argument("run_dir", help="a run directory written by `mindtrans train`")
+    p.add_argument("--out", required=True, help="the export directory to create")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in OUT")
+    add_device(p)
+    p.set_defaults(func=cmd_export)
 
 
 def build_parser() -> argparse.ArgumentParser:

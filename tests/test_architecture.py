@@ -13,7 +13,7 @@ LAYERS = [
     "metrics",
     "layers", "attention", "encoder", "decoder", "model", "params", "decode", "loss", "schedule",
     "steps", "checkpoint_reader", "checkpoint", "rundir", "averaging", "train_config", "distributed", "training",
-    "bundle", "evaluate", "demo", "cli", "__main__",
+    "bundle", "exported", "export", "evaluate", "demo", "cli", "__main__",
 ]
 LONGEST_FUNCTION = 60  # lines, docstring included
 

@@ -26,6 +26,7 @@ OPTIONS = {
               "--dropout", "--seed", "--amp", "--mode", "--max-len", "--min-freq"],
     "evaluate": ["run_dir", "--data-dir", "--split", "--corpus", "--beam", "--alpha", "--limit", "--json"],
     "translate": ["run_dir", "sentences", "--beam", "--alpha", "--batch-size"],
+    "export": ["run_dir", "--out", "--overwrite"],
     "info": ["--preset", "--src-vocab", "--tgt-vocab"],
     "demo": ["--data-dir", "--out", "--mirror", "--minutes"],
 }

@@ -1,0 +1,118 @@
+"""`mindtrans export`: a bundle's model as MindIR graphs, the format MindSpore Lite and MindSpore's
+serving and inference tools run, with everything else translation needs (`mindtrans.exported`).
+
+Two graphs are written with `mindspore.export`: the encoder, and one incremental decoder
+step whose key/value cache is an explicit input and output. Their batch, source length
+and cache slots are symbolic dimensions, so one file serves every batch. The search
+(greedy, beam) stays in Python, as serving stacks do.
+"""
+import json
+import os
+import platform
+import shutil
+import uuid
+from pathlib import Path
+
+import mindspore as ms
+from mindspore import nn
+
+import mindtrans
+from mindtrans.bundle import load_bundle
+from mindtrans.data import BOS, EOS
+from mindtrans.decode import step_function, step_signature
+from mindtrans.exported import ENCODER, FILES, FORMAT, FORMAT_VERSION, MANIFEST, STEP, is_export
+from mindtrans.files import default_file_mode, sha256_file
+from mindtrans.rundir import RunDir
+
+
+class EncoderGraph(nn.Cell):
+    """src (B, Ls) int32 -> (src_mask (B, 1, 1, Ls), layer 0's cross keys, its values, layer 1's ...):
+    `Transformer.encode_for_steps` with flat outputs."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def construct(self, src):
+        src_mask, crosses = self.model.encode_for_steps(src)
+        return (src_mask,) + crosses
+
+
+class StepGraph(nn.Cell):
+    """(tokens (B, 1), src_mask (B, 1, 1, Ls), position, rows (B,), *cache) -> (log-probabilities (B, V),
+    attention (B, Ls), *new cache): `mindtrans.decode.decode_step` with the cache as flat arguments."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.step = model, step_function(model)
+
+    def construct(self, tokens, src_mask, position, rows, *cache):
+        log_probs, new_cache, attention = self.step(tokens, src_mask, cache, position, rows)
+        return (log_probs, attention) + new_cache
+
+
+def graph_inputs(model) -> dict:
+    """The symbolic inputs of each graph, in argument order: {file name: tuple of Tensors}."""
+    probe = model.encode_for_steps(ms.Tensor([[BOS, EOS]], ms.int32))[1][0]  # the cache's dtype
+    step = step_signature(model.config, probe.dtype)
+    return {ENCODER: (ms.Tensor(shape=[None, None], dtype=ms.int32),),
+            STEP: (step["tokens"], step["src_mask"], step["position"], step["rows"], *step["cache"])}
+
+
+def write_graphs(model, directory: Path, file_format: str = "MINDIR") -> None:
+    """encoder.mindir and decoder_step.mindir of `model` (inference mode) in `directory`."""
+    inputs = graph_inputs(model)
+    for name, cell in ((ENCODER, EncoderGraph(model)), (STEP, StepGraph(model))):
+        ms.export(cell, *inputs[name], file_name=str(directory / Path(name).stem), file_format=file_format)
+        os.chmod(directory / name, default_file_mode())  # MindSpore writes it readable by its owner only
+
+
+def manifest(directory: Path, bundle) -> dict:
+    """manifest.json's content for the files now in `directory`, exported from `bundle`."""
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "mindtrans_version": mindtrans.__version__,
+            "mindspore_version": ms.__version__, "python": platform.python_version(),
+            "source_model_sha256": sha256_file(bundle.path / RunDir.MODEL),
+            "files_sha256": {name: sha256_file(directory / name) for name in FILES}}
+
+
+def check_target(out: Path, overwrite: bool) -> None:
+    """Refuse an `out` that exists, unless `overwrite` and it is an earlier export (or empty)."""
+    if not out.exists():
+        return
+    if not overwrite:
+        raise FileExistsError(f"--out {out} exists: pass --overwrite to replace it, or choose another directory")
+    if not out.is_dir() or (any(out.iterdir()) and not is_export(out)):
+        raise FileExistsError(f"--out {out} is not an export (no {MANIFEST}), so --overwrite does not replace "
+                              f"it: choose another directory")
+
+
+def export_bundle(bundle_dir, out, overwrite: bool = False) -> Path:
+    """Export the bundle in `bundle_dir` to the new directory `out` (replacing an earlier export only
+    with `overwrite`). It is written beside `out` under a temporary name and renamed when complete."""
+    out = Path(out)
+    check_target(out, overwrite)
+    bundle = load_bundle(bundle_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"
+    work.mkdir()  # not mkdtemp: an export is meant to be shared, so the umask decides
+    try:
+        write_graphs(bundle.model, work)
+        for name in (RunDir.CONFIG, RunDir.SRC_VOCAB, RunDir.TGT_VOCAB):
+            shutil.copyfile(bundle.path / name, work / name)
+        RunDir(work).write_json(MANIFEST, manifest(work, bundle))
+        replace_directory(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return out
+
+
+def replace_directory(new: Path, out: Path) -> None:
+    """Rename `new` to `out`; an `out` already there is moved aside first and deleted after."""
+    if not out.exists():
+        os.rename(new, out)
+        return
+    old = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.old"
+    os.rename(out, old)
+    os.rename(new, out)
+    shutil.rmtree(old)
