@@ -1,6 +1,7 @@
 """Record a finished training run: its test2016 scores, how it was trained, on what, for how long.
 
-Translates all of test2016 with greedy decoding and with beam search, and writes one
+Scores the validation split (beam search: what a recipe is chosen on), then translates all of
+test2016 once with greedy decoding and once with beam search, and writes one
 JSON file to benchmarks/results/ with the scores (tokenized lowercased BLEU, sacreBLEU,
 perplexity), the training configuration and the `mindtrans train` command that repeats
 it, the epoch log, the commit and the hardware. Prints the same JSON.
@@ -81,6 +82,10 @@ def main():
     train_info, metadata, log = run.train_info(), run.read_json(RunDir.METADATA), run.read_json(RunDir.LOG_JSON)
     _, weights_info = checkpoint.load(run.model)
 
+    # the split the recipe was chosen on, then the test split, scored once
+    val = evaluate_bundle(bundle, data_dir, "val", train_info["corpus"], beam_size=args.beam, alpha=args.alpha)
+    val_scores = {f"beam{args.beam}": {key: val[key] for key in ("sacrebleu", "bleu_tokenized", "translate_seconds")},
+                  "loss": val["loss"]}
     scores = {}
     for name, beam in (("greedy", 1), (f"beam{args.beam}", args.beam)):
         result = evaluate_bundle(bundle, data_dir, "test2016", train_info["corpus"], beam_size=beam, alpha=args.alpha)
@@ -107,6 +112,7 @@ def main():
                      "mean_epoch_s": sum(row["epoch_time_s"] for row in log) / max(len(log), 1),
                      "averaging": training.get("averaging")},
         "published_weights": weights_info,
+        "val": val_scores,
         "test2016": scores,
         "epochs": log,
         "peak_rss_gb_evaluation": peak_rss_gb(),

@@ -118,3 +118,27 @@ def test_perplexity():
     assert perplexity(0.0) == 1.0
     assert perplexity(math.log(7.0)) == pytest.approx(7.0)
     assert math.isfinite(perplexity(1e6))  # capped, no OverflowError
+
+
+def test_paired_bootstrap_interval_brackets_the_difference_and_separates_clear_cases():
+    from mindtrans.metrics import paired_bootstrap
+
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(30)]
+    refs = [list(rng.choice(words, size=12)) for _ in range(300)]
+    good = [r[:] for r in refs]
+    for hyp in good[::3]:
+        hyp[rng.integers(12)] = "oops"           # one wrong word in a third of the sentences
+    bad = [r[:6] + ["oops"] * 6 for r in refs]   # half of every sentence wrong
+    result = paired_bootstrap(bad, good, refs, samples=200)
+    assert result["a"] == pytest.approx(tokenized_bleu(bad, refs))
+    assert result["b"] == pytest.approx(tokenized_bleu(good, refs))
+    assert result["low"] <= result["difference"] <= result["high"]
+    assert result["low"] > 0 and result["b_better"] == 1.0        # clearly better: the interval excludes 0
+    same = paired_bootstrap(good, good, refs, samples=50)
+    assert same["low"] == same["high"] == same["difference"] == 0.0
+    near = [r[:] for r in refs]
+    for hyp in near[1::3]:
+        hyp[rng.integers(12)] = "oops"           # as good as `good`, on other sentences
+    tie = paired_bootstrap(good, near, refs, samples=300)
+    assert tie["low"] < 0 < tie["high"]        # indistinguishable: the interval contains 0
