@@ -20,7 +20,7 @@ import mindtrans
 from mindtrans.bundle import load_bundle
 from mindtrans.data import BOS, EOS
 from mindtrans.decode import step_function, step_signature
-from mindtrans.exported import ENCODER, FILES, FORMAT, FORMAT_VERSION, MANIFEST, STEP, is_export
+from mindtrans.exported import ENCODER, FILES, FORMAT, FORMAT_VERSION, MANIFEST, STEP, first_line, is_export
 from mindtrans.files import default_file_mode, sha256_file
 from mindtrans.rundir import RunDir
 
@@ -59,11 +59,15 @@ def graph_inputs(model) -> dict:
             STEP: (step["tokens"], step["src_mask"], step["position"], step["rows"], *step["cache"])}
 
 
-def write_graphs(model, directory: Path, file_format: str = "MINDIR") -> None:
+def write_graphs(model, directory: Path) -> None:
     """encoder.mindir and decoder_step.mindir of `model` (inference mode) in `directory`."""
     inputs = graph_inputs(model)
     for name, cell in ((ENCODER, EncoderGraph(model)), (STEP, StepGraph(model))):
-        ms.export(cell, *inputs[name], file_name=str(directory / Path(name).stem), file_format=file_format)
+        try:
+            ms.export(cell, *inputs[name], file_name=str(directory / Path(name).stem), file_format="MINDIR")
+        except (RuntimeError, TypeError, ValueError) as err:
+            raise ValueError(f"MindSpore {ms.__version__} cannot export {name} ({first_line(err)}); exporting works "
+                             f"on MindSpore 2.7 and later (2.0 - 2.2 cannot compile these graphs)") from None
         os.chmod(directory / name, default_file_mode())  # MindSpore writes it readable by its owner only
 
 

@@ -100,6 +100,11 @@ def check_files(path, manifest: dict) -> None:
                               f"records): restore it, or export the bundle again with --overwrite")
 
 
+def first_line(error: Exception, width: int = 120) -> str:
+    """The first line of an error's message (MindSpore's run to pages), at most `width` characters."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:width]
+
+
 def load_graph(file):
     """An `nn.GraphCell` running the MindIR graph in `file`; ExportError if MindSpore cannot load it."""
     import mindspore as ms
@@ -108,8 +113,7 @@ def load_graph(file):
     try:
         return nn.GraphCell(ms.load(str(file)))
     except (RuntimeError, ValueError, TypeError) as err:
-        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
-        raise ExportError(f"MindSpore {ms.__version__} cannot load {file} ({first_line}): export the bundle "
+        raise ExportError(f"MindSpore {ms.__version__} cannot load {file} ({first_line(err)}): export the bundle "
                           f"again with this MindSpore") from None
 
 
