@@ -19,8 +19,9 @@ from mindspore import nn
 import mindtrans
 from mindtrans.bundle import load_bundle
 from mindtrans.data import BOS, EOS
-from mindtrans.decode import step_function, step_signature
-from mindtrans.exported import ENCODER, FILES, FORMAT, FORMAT_VERSION, MANIFEST, STEP, first_line, is_export
+from mindtrans.decode import step_function
+from mindtrans.exported import (CACHE_DTYPES, ENCODER, FILES, FORMAT, FORMAT_VERSION, MANIFEST, STEP, first_line,
+                                graph_inputs, is_export)
 from mindtrans.files import default_file_mode, sha256_file
 from mindtrans.rundir import RunDir
 
@@ -51,17 +52,15 @@ class StepGraph(nn.Cell):
         return (log_probs, attention) + new_cache
 
 
-def graph_inputs(model) -> dict:
-    """The symbolic inputs of each graph, in argument order: {file name: tuple of Tensors}."""
-    probe = model.encode_for_steps(ms.Tensor([[BOS, EOS]], ms.int32))[1][0]  # the cache's dtype
-    step = step_signature(model.config, probe.dtype)
-    return {ENCODER: (ms.Tensor(shape=[None, None], dtype=ms.int32),),
-            STEP: (step["tokens"], step["src_mask"], step["position"], step["rows"], *step["cache"])}
+def cache_dtype(model) -> str:
+    """The key/value cache's float type for `model` (its weights'), as manifest.json names it."""
+    dtype = model.encode_for_steps(ms.Tensor([[BOS, EOS]], ms.int32))[1][0].dtype
+    return next(name for name, known in CACHE_DTYPES.items() if known == dtype)
 
 
-def write_graphs(model, directory: Path) -> None:
-    """encoder.mindir and decoder_step.mindir of `model` (inference mode) in `directory`."""
-    inputs = graph_inputs(model)
+def write_graphs(model, directory: Path, dtype: str) -> None:
+    """encoder.mindir and decoder_step.mindir of `model` (inference mode), cache `dtype`, in `directory`."""
+    inputs = graph_inputs(model.config, CACHE_DTYPES[dtype])
     for name, cell in ((ENCODER, EncoderGraph(model)), (STEP, StepGraph(model))):
         try:
             ms.export(cell, *inputs[name], file_name=str(directory / Path(name).stem), file_format="MINDIR")
@@ -71,10 +70,10 @@ def write_graphs(model, directory: Path) -> None:
         os.chmod(directory / name, default_file_mode())  # MindSpore writes it readable by its owner only
 
 
-def manifest(directory: Path, bundle) -> dict:
-    """manifest.json's content for the files now in `directory`, exported from `bundle`."""
+def manifest(directory: Path, bundle, dtype: str) -> dict:
+    """manifest.json's content for the files now in `directory`, exported from `bundle` with cache `dtype`."""
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "mindtrans_version": mindtrans.__version__,
-            "mindspore_version": ms.__version__, "python": platform.python_version(),
+            "mindspore_version": ms.__version__, "python": platform.python_version(), "cache_dtype": dtype,
             "source_model_sha256": sha256_file(bundle.path / RunDir.MODEL),
             "files_sha256": {name: sha256_file(directory / name) for name in FILES}}
 
@@ -100,10 +99,11 @@ def export_bundle(bundle_dir, out, overwrite: bool = False) -> Path:
     work = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"
     work.mkdir()  # not mkdtemp: an export is meant to be shared, so the umask decides
     try:
-        write_graphs(bundle.model, work)
+        dtype = cache_dtype(bundle.model)
+        write_graphs(bundle.model, work, dtype)
         for name in (RunDir.CONFIG, RunDir.SRC_VOCAB, RunDir.TGT_VOCAB):
             shutil.copyfile(bundle.path / name, work / name)
-        RunDir(work).write_json(MANIFEST, manifest(work, bundle))
+        RunDir(work).write_json(MANIFEST, manifest(work, bundle, dtype))
         replace_directory(work, out)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)

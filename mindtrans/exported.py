@@ -18,14 +18,18 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import mindspore as ms
+from mindspore import nn
+
 from mindtrans.bundle import _read_config_and_vocabs
-from mindtrans.decode import Steps, Translator
+from mindtrans.decode import Steps, Translator, step_signature
 from mindtrans.files import sha256_file
 from mindtrans.rundir import RunDir
 
 FORMAT, FORMAT_VERSION = "mindtrans-export", 1
 MANIFEST, ENCODER, STEP = "manifest.json", "encoder.mindir", "decoder_step.mindir"
 FILES = (RunDir.CONFIG, RunDir.SRC_VOCAB, RunDir.TGT_VOCAB, ENCODER, STEP)  # all that the manifest vouches for
+CACHE_DTYPES = {"float32": ms.float32, "float16": ms.float16}  # manifest.json's "cache_dtype"
 
 
 class ExportError(ValueError):
@@ -100,18 +104,26 @@ def check_files(path, manifest: dict) -> None:
                               f"records): restore it, or export the bundle again with --overwrite")
 
 
+def graph_inputs(config, dtype) -> dict:
+    """Each graph's inputs in argument order, None for a symbolic dimension: {file name: tuple of Tensors}.
+    `dtype`: the cache's (the model's float type)."""
+    step = step_signature(config, dtype)
+    return {ENCODER: (ms.Tensor(shape=[None, None], dtype=ms.int32),),
+            STEP: (step["tokens"], step["src_mask"], step["position"], step["rows"], *step["cache"])}
+
+
 def first_line(error: Exception, width: int = 120) -> str:
     """The first line of an error's message (MindSpore's run to pages), at most `width` characters."""
     return (str(error).strip().splitlines() or [type(error).__name__])[0][:width]
 
 
-def load_graph(file):
-    """An `nn.GraphCell` running the MindIR graph in `file`; ExportError if MindSpore cannot load it."""
-    import mindspore as ms
-    from mindspore import nn
-
+def load_graph(file, inputs: tuple):
+    """An `nn.GraphCell` running the MindIR graph in `file` on `inputs` (`graph_inputs`): told which
+    dimensions are symbolic, it compiles once, not once per shape. ExportError if MindSpore cannot load it."""
     try:
-        return nn.GraphCell(ms.load(str(file)))
+        graph = nn.GraphCell(ms.load(str(file)))
+        graph.set_inputs(*inputs)
+        return graph
     except (RuntimeError, ValueError, TypeError) as err:
         raise ExportError(f"MindSpore {ms.__version__} cannot load {file} ({first_line(err)}): export the bundle "
                           f"again with this MindSpore") from None
@@ -125,5 +137,9 @@ def load_export(path) -> Export:
     manifest = read_manifest(path)
     check_files(path, manifest)
     config, src_vocab, tgt_vocab = _read_config_and_vocabs(RunDir(path))
-    steps = GraphSteps(config, load_graph(path / ENCODER), load_graph(path / STEP))
+    if manifest.get("cache_dtype") not in CACHE_DTYPES:
+        raise ExportError(f"{path / MANIFEST} has cache_dtype {manifest.get('cache_dtype')!r}, not one of "
+                          f"{sorted(CACHE_DTYPES)}: export the bundle again")
+    inputs = graph_inputs(config, CACHE_DTYPES[manifest["cache_dtype"]])
+    steps = GraphSteps(config, load_graph(path / ENCODER, inputs[ENCODER]), load_graph(path / STEP, inputs[STEP]))
     return Export(path, config, steps, src_vocab, tgt_vocab, manifest)

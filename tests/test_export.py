@@ -59,6 +59,7 @@ def test_an_export_holds_the_graphs_vocabularies_config_and_a_manifest(exported)
     manifest = json.loads((exported / MANIFEST).read_text())
     assert manifest["files_sha256"] == {name: sha256_file(exported / name) for name in FILES}
     assert {"format_version", "mindtrans_version", "mindspore_version", "python"} <= set(manifest)
+    assert manifest["cache_dtype"] == "float32"
 
 
 def test_another_process_translates_the_export_without_the_model_code_as_the_bundle_does(bundle, exported):
@@ -110,3 +111,16 @@ def test_export_never_replaces_a_directory_without_overwrite(bundle, exported, c
     assert main(["export", str(bundle), "--out", str(bundle), "--overwrite"]) == 1  # a bundle is no export
     assert "is not an export" in capsys.readouterr().err
     assert (bundle / "model.ckpt").is_file()
+
+
+def test_a_graph_mindspore_cannot_export_fails_in_one_line_and_leaves_nothing(bundle, tmp_path, monkeypatch, capsys):
+    import mindspore as ms
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("Failed to find context for: construct.Linear\n\n-----\nC++ Call Stack: ...")
+
+    monkeypatch.setattr(ms, "export", refuse)
+    assert main(["export", str(bundle), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot export {ENCODER} (Failed to find context for: construct.Linear)" in err
+    assert list(tmp_path.iterdir()) == []
