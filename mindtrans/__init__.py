@@ -20,6 +20,8 @@ _LAZY = {
     "load_bundle": "mindtrans.bundle",
     "save_bundle": "mindtrans.bundle",
     "evaluate_bundle": "mindtrans.evaluate",
+    "export_bundle": "mindtrans.export",
+    "load_export": "mindtrans.exported",
 }
 
 __all__ = ["__version__", *_LAZY]
