@@ -65,8 +65,8 @@ def write_graphs(model, directory: Path, dtype: str) -> None:
         try:
             ms.export(cell, *inputs[name], file_name=str(directory / Path(name).stem), file_format="MINDIR")
         except (RuntimeError, TypeError, ValueError) as err:
-            raise ValueError(f"MindSpore {ms.__version__} cannot export {name} ({first_line(err)}); exporting works "
-                             f"on MindSpore 2.7 and later (2.0 - 2.2 cannot compile these graphs)") from None
+            raise ValueError(f"MindSpore {ms.__version__} cannot export {name} ({first_line(err)}); exporting is "
+                             f"tested on MindSpore 2.7 and 2.10 (2.0 cannot compile these graphs)") from None
         os.chmod(directory / name, default_file_mode())  # MindSpore writes it readable by its owner only
 
 

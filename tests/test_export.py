@@ -113,6 +113,19 @@ def test_export_never_replaces_a_directory_without_overwrite(bundle, exported, c
     assert (bundle / "model.ckpt").is_file()
 
 
+def test_overwrite_swaps_the_new_export_in_whole(tmp_path):
+    from mindtrans.export import replace_directory
+
+    old, new = tmp_path / "export", tmp_path / ".export.1234.tmp"
+    for directory, text in ((old, "old"), (new, "new")):
+        directory.mkdir()
+        (directory / MANIFEST).write_text(text)
+    (old / "stale.bin").write_text("")
+    replace_directory(new, old)
+    assert [path.name for path in tmp_path.iterdir()] == ["export"]
+    assert [path.name for path in old.iterdir()] == [MANIFEST] and (old / MANIFEST).read_text() == "new"
+
+
 def test_a_graph_mindspore_cannot_export_fails_in_one_line_and_leaves_nothing(bundle, tmp_path, monkeypatch, capsys):
     import mindspore as ms
 
