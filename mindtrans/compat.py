@@ -19,6 +19,8 @@ import os
 import re
 import sys
 
+from mindtrans.files import first_line
+
 SUPPORTED = ((2, 3), (2, 10))  # the versions the package is written for (README: compatibility table)
 
 # feature -> (first version that has it, last version that has it or None)
@@ -139,8 +141,8 @@ def first_that_runs(preferred, make_fallback, what: str, instead: str):
 def _say_cannot_compile(what: str, error: Exception, instead: str):
     import mindspore as ms
 
-    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:100]
-    print(f"mindtrans: MindSpore {ms.__version__} cannot compile {what} ({first_line}); {instead}", file=sys.stderr)
+    print(f"mindtrans: MindSpore {ms.__version__} cannot compile {what} ({first_line(error, 100)}); {instead}",
+          file=sys.stderr)
 
 
 def _varies(spec) -> bool:

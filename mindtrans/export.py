@@ -6,7 +6,6 @@ step whose key/value cache is an explicit input and output. Their batch, source 
 and cache slots are symbolic dimensions, so one file serves every batch. The search
 (greedy, beam) stays in Python, as serving stacks do.
 """
-import json
 import os
 import platform
 import shutil
@@ -20,9 +19,9 @@ import mindtrans
 from mindtrans.bundle import load_bundle
 from mindtrans.data import BOS, EOS
 from mindtrans.decode import step_function
-from mindtrans.exported import (CACHE_DTYPES, ENCODER, FILES, FORMAT, FORMAT_VERSION, MANIFEST, STEP, first_line,
+from mindtrans.exported import (CACHE_DTYPES, ENCODER, FILES, FORMAT, FORMAT_VERSION, MANIFEST, STEP,
                                 graph_inputs, is_export)
-from mindtrans.files import default_file_mode, sha256_file
+from mindtrans.files import default_file_mode, first_line, sha256_file
 from mindtrans.rundir import RunDir
 
 
@@ -65,7 +64,7 @@ def write_graphs(model, directory: Path, dtype: str) -> None:
         try:
             ms.export(cell, *inputs[name], file_name=str(directory / Path(name).stem), file_format="MINDIR")
         except (RuntimeError, TypeError, ValueError) as err:
-            raise ValueError(f"MindSpore {ms.__version__} cannot export {name} ({first_line(err)}); exporting is "
+            raise ValueError(f"MindSpore {ms.__version__} cannot export {name} ({first_line(err, 120)}); exporting is "
                              f"tested on MindSpore 2.7 and 2.10 (2.0 cannot compile these graphs)") from None
         os.chmod(directory / name, default_file_mode())  # MindSpore writes it readable by its owner only
 

@@ -23,7 +23,7 @@ from mindspore import nn
 
 from mindtrans.bundle import _read_config_and_vocabs
 from mindtrans.decode import Steps, Translator, step_signature
-from mindtrans.files import sha256_file
+from mindtrans.files import first_line, sha256_file
 from mindtrans.rundir import RunDir
 
 FORMAT, FORMAT_VERSION = "mindtrans-export", 1
@@ -112,11 +112,6 @@ def graph_inputs(config, dtype) -> dict:
             STEP: (step["tokens"], step["src_mask"], step["position"], step["rows"], *step["cache"])}
 
 
-def first_line(error: Exception, width: int = 120) -> str:
-    """The first line of an error's message (MindSpore's run to pages), at most `width` characters."""
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:width]
-
-
 def load_graph(file, inputs: tuple):
     """An `nn.GraphCell` running the MindIR graph in `file` on `inputs` (`graph_inputs`): told which
     dimensions are symbolic, it compiles once, not once per shape. ExportError if MindSpore cannot load it."""
@@ -125,7 +120,7 @@ def load_graph(file, inputs: tuple):
         graph.set_inputs(*inputs)
         return graph
     except (RuntimeError, ValueError, TypeError) as err:
-        raise ExportError(f"MindSpore {ms.__version__} cannot load {file} ({first_line(err)}): export the bundle "
+        raise ExportError(f"MindSpore {ms.__version__} cannot load {file} ({first_line(err, 120)}): export the bundle "
                           f"again with this MindSpore") from None
 
 

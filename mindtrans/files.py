@@ -9,11 +9,17 @@ class SaveError(OSError):
     """A file could not be written; the message says which and why, and what was kept."""
 
 
+def first_line(error: BaseException, width: int = None) -> str:
+    """The first line of an error's message (MindSpore's run to pages), cut to `width` characters
+    if given; the error's type name when the message is empty."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:width]
+
+
 def describe_os_error(err: BaseException) -> str:
     """'No space left on device' rather than '[Errno 28] No space left on device: '/x/.tmp''."""
     if isinstance(err, OSError) and err.strerror:
         return err.strerror[0].lower() + err.strerror[1:]
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return first_line(err)
 
 
 def default_file_mode() -> int:
