@@ -16,6 +16,7 @@ def run_demo(data_dir, out, mirrors=(), minutes: float = 3.0) -> dict:
     from mindtrans.rundir import RunDir
     from mindtrans.evaluate import evaluate_bundle
     from mindtrans.fetch import FetchError, env_mirrors, fetch_multi30k
+    from mindtrans.files import first_line
     from mindtrans.train_config import TrainConfig
     from mindtrans.training import train
 
@@ -28,8 +29,7 @@ def run_demo(data_dir, out, mirrors=(), minutes: float = 3.0) -> dict:
         print("using Multi30k (German-English, 29000 training pairs)")
     except FetchError as err:
         corpus = "synthetic"
-        first_line = str(err).splitlines()[0]
-        print(f"Multi30k is not reachable ({first_line}); using the embedded synthetic corpus instead "
+        print(f"Multi30k is not reachable ({first_line(err)}); using the embedded synthetic corpus instead "
               f"(generated German-English captions, see mindtrans/corpus.py)")
     print(f"== 2/4 training the 'small' preset for at most {minutes:g} minutes")
     # Short sentences and a few minutes: smaller batches give more updates, a short warm-up uses them.

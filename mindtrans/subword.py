@@ -17,7 +17,7 @@ import json
 import re
 
 from mindtrans.data import BOS, EOS, PAD, SPECIALS, UNK, Vocab, tokenize
-from mindtrans.files import atomic_write_text
+from mindtrans.files import atomic_write_text, first_line
 
 FORMAT = "mindtrans.subword"
 
@@ -52,7 +52,7 @@ class SubwordVocab:
                 raise ValueError(f"a subword vocabulary of {size} pieces is too small for this corpus: its "
                                  f"characters, 256 bytes and the specials need {needed.group(2)} "
                                  f"(raise --subword-size)") from None
-            raise ValueError(f"cannot train the subword vocabulary: {str(err).splitlines()[0]}") from None
+            raise ValueError(f"cannot train the subword vocabulary: {first_line(err)}") from None
         return cls(model.getvalue())
 
     def __len__(self) -> int:
