@@ -73,6 +73,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/profile_train.py --out benchmarks/results/profile_train.json
 	$(PY) benchmarks/bench_decode.py $(if $(wildcard runs/04_translation/model.ckpt),--bundle runs/04_translation) \
 		--out benchmarks/results/bench_decode.json
+	$(if $(wildcard runs/04_translation/model.ckpt),$(PY) benchmarks/profile_decode.py --bundle runs/04_translation \
+		--out benchmarks/results/profile_decode.json)
 
 fetch: $(STAMP)
 	$(VENV)/bin/mindtrans fetch
