@@ -25,13 +25,10 @@ from profile_train import kernel_table
 
 def timed_command(args, stdin_path=None) -> float:
     """Wall seconds of one command run to completion (its output discarded)."""
-    stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL
-    start = time.perf_counter()
-    subprocess.run(args, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
-    elapsed = time.perf_counter() - start
-    if stdin_path:
-        stdin.close()
-    return elapsed
+    with open(stdin_path or "/dev/null", "rb") as stdin:
+        start = time.perf_counter()
+        subprocess.run(args, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+        return time.perf_counter() - start
 
 
 def cli_timings(bundle: str, source: Path) -> dict:
@@ -146,6 +143,7 @@ def main():
     report = {"bundle": args.bundle, "split": args.split, "cli": cli_timings(args.bundle, source)}
 
     from mindtrans.bundle import load_bundle
+    from mindtrans.data import load_split
     from mindtrans.decode import Translator
     from mindtrans.device import select_device
 
@@ -154,7 +152,7 @@ def main():
     bundle = load_bundle(args.bundle)
     report["load_bundle_s"] = time.perf_counter() - start
     translator = Translator(bundle.model, bundle.src_vocab, bundle.tgt_vocab)
-    sources = source.read_text(encoding="utf-8").splitlines()
+    sources = [src for src, _ in load_split(args.data_dir, args.split)]
     start = time.perf_counter()
     translator.translate_ids(sources[:8], beam_size=1)
     report["first_call_s"] = time.perf_counter() - start  # graph compilation, mostly
