@@ -61,12 +61,16 @@ def cmd_fetch(args):
 def cmd_train(args):
     from mindtrans import distributed
     from mindtrans.device import select_device
+    from mindtrans.rundir import RunDir
     from mindtrans.training import train
-    from mindtrans.train_config import from_args
+    from mindtrans.train_config import TrainConfig, from_args
 
     if args.device:
         select_device(args.device, verbose=False)
-    summary = train(args.data_dir, args.out, from_args(args), resume=args.resume, overwrite=args.overwrite)
+    saved = None
+    if args.resume and os.path.isfile(os.path.join(args.out, RunDir.TRAIN_CONFIG)):  # else train() explains
+        saved = TrainConfig.from_dict(RunDir(args.out).train_info()["train"])
+    summary = train(args.data_dir, args.out, from_args(args, saved), resume=args.resume, overwrite=args.overwrite)
     if distributed.is_main():  # under msrun: once, from rank 0
         print(json.dumps(summary, indent=1))
     if summary["stopped"] == "interrupted":

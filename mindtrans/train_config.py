@@ -117,11 +117,19 @@ def add_arguments(parser) -> None:
             continue
         kind = float if f.name == "dropout" else type(f.default)
         extra = {"choices": f.metadata["choices"]} if "choices" in f.metadata else {}
-        default = "the preset's" if f.default is None else "%(default)s"
-        parser.add_argument(flag(f.name), dest=f.name, type=kind, default=f.default,
-                            help=f"{f.metadata['help']} (default: {default})", **extra)
+        default = "the preset's" if f.default is None else f.default
+        if f.name in RESUME_OVERRIDES:  # None: not given, so that --resume can keep the run's own limit
+            default = f"{default}; with --resume, the run's own"
+        parser.add_argument(flag(f.name), dest=f.name, type=kind,
+                            default=None if f.name in RESUME_OVERRIDES else f.default,
+                            help=f"{f.metadata['help']} (default: {default})".replace("%", "%%"), **extra)
 
 
-def from_args(args) -> TrainConfig:
-    """The TrainConfig that `add_arguments`' flags spell."""
-    return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+def from_args(args, saved: Optional[TrainConfig] = None) -> TrainConfig:
+    """The TrainConfig that `add_arguments`' flags spell. A stopping limit (`RESUME_OVERRIDES`)
+    not given on the command line is `saved`'s, the configuration of a run being resumed, if any."""
+    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
+    for name in RESUME_OVERRIDES:
+        if values[name] is None:
+            values[name] = getattr(saved if saved is not None else TrainConfig(), name)
+    return TrainConfig(**values)

@@ -49,3 +49,14 @@ def test_from_dict_reads_runs_saved_by_older_versions():
 
 def test_flags_of_the_resume_overrides():
     assert [flag(name) for name in RESUME_OVERRIDES] == ["--epochs", "--max-steps", "--max-minutes"]
+
+
+def test_resume_keeps_the_run_s_own_limits_unless_given():
+    saved = TrainConfig(epochs=100, max_steps=3800, max_minutes=59.0, lr=2e-3)
+    parser = build_parser()
+    alone = from_args(parser.parse_args(["train", "--out", "x", "--resume"]), saved)
+    assert (alone.epochs, alone.max_steps, alone.max_minutes) == (100, 3800, 59.0)
+    more = from_args(parser.parse_args(["train", "--out", "x", "--resume", "--max-steps", "0", "--epochs", "10"]),
+                     saved)
+    assert (more.epochs, more.max_steps, more.max_minutes) == (10, 0, 59.0)  # given, even at their defaults
+    assert from_args(parser.parse_args(["train", "--out", "x"])).epochs == TrainConfig().epochs
