@@ -1,9 +1,20 @@
-"""Checkpoint averaging: the element-wise mean of the last epochs' weights, kept when it
-validates better than the best single epoch (Vaswani et al., 2017, averaged the last 5-20)."""
+"""Checkpoint averaging and the choice of the published weights.
+
+At the end of a run with `--average-last N`, three sets of weights compete: the checkpoint
+with the lowest validation loss (what `model.ckpt` holds during training), the last weights,
+and the element-wise mean of the last N epochs' weights (Vaswani et al., 2017, averaged the
+last 5-20). The one whose greedy translations of the validation split score the highest
+BLEU becomes `model.ckpt`. Loss alone would pick too early: with label smoothing and a
+learning rate decayed to 0, the validation loss often rises in the last epochs while the
+translations still improve.
+"""
 import mindspore as ms
 import numpy as np
 
 from mindtrans import checkpoint
+from mindtrans.data import tokenize
+from mindtrans.decode import Translator
+from mindtrans.metrics import tokenized_bleu
 from mindtrans.rundir import RunDir
 from mindtrans.steps import validation_loss
 
@@ -28,29 +39,45 @@ def average_weights(paths) -> dict:
     return {name: (value / len(paths)).astype(np.float32) for name, value in total.items()}
 
 
-def try_averaged_weights(model, run: RunDir, last: int, val_batches, best_val_loss: float, step: int,
-                         verbose: bool) -> dict:
-    """Average the last `last` epoch checkpoints into `model`; if that lowers the validation loss,
-    make it the run's model.ckpt. Returns what was tried and whether it was kept."""
-    paths = run.epoch_checkpoints()[-last:]
-    if len(paths) < 2:
-        return {"epochs": [], "kept": False, "reason": "fewer than two epoch checkpoints"}
-    epochs = [int(path.stem.split("_")[1]) for path in paths]
-    before = {param.name: param.asnumpy().copy() for param in model.get_parameters()}
-    averaged = average_weights(paths)
+def validation_bleu(model, val_pairs, src_vocab, tgt_vocab) -> float:
+    """Tokenized BLEU of the model's greedy translations of `val_pairs` [(german, english)]."""
+    ids = Translator(model, src_vocab, tgt_vocab).translate_ids([src for src, _ in val_pairs], beam_size=1)
+    return tokenized_bleu([tgt_vocab.words(h) for h in ids], [tokenize(tgt) for _, tgt in val_pairs])
+
+
+def set_weights(model, arrays: dict) -> None:
     for param in model.get_parameters():
-        param.set_data(ms.Tensor(averaged[param.name]).astype(param.dtype))
-    val = validation_loss(model, val_batches)
-    kept = best_val_loss is None or val["loss"] < best_val_loss
-    if kept:
-        checkpoint.atomic_save(model, run.model, extra={"epoch": epochs[-1], "step": step, "val_loss": val["loss"],
-                                                        "averaged_epochs": epochs})
-        run.record_digests()
-    else:  # the model in memory goes back to the last epoch's weights
-        for param in model.get_parameters():
-            param.set_data(ms.Tensor(before[param.name]))
+        param.set_data(ms.Tensor(arrays[param.name]).astype(param.dtype))
+
+
+def candidate_weights(model, run: RunDir, last: int) -> dict:
+    """name -> weights: the lowest-validation-loss checkpoint, the last weights, the mean of the last epochs."""
+    candidates = {"lowest validation loss": checkpoint.load(run.model)[0],
+                  "last": {param.name: param.asnumpy().copy() for param in model.get_parameters()}}
+    paths = run.epoch_checkpoints()[-last:]
+    if len(paths) >= 2:
+        epochs = [int(path.stem.split("_")[1]) for path in paths]
+        candidates[f"mean of epochs {epochs[0]}-{epochs[-1]}"] = average_weights(paths)
+    return candidates
+
+
+def publish_best_weights(model, run: RunDir, last: int, val_pairs, val_batches, vocabs, step: int,
+                         verbose: bool) -> dict:
+    """Compare `candidate_weights` by validation BLEU (greedy); save the winner as model.ckpt.
+    Returns each candidate's validation loss and BLEU, and which was published."""
+    scores, best = {}, None
+    for name, arrays in candidate_weights(model, run, last).items():
+        set_weights(model, arrays)
+        scores[name] = {"val_loss": validation_loss(model, val_batches)["loss"],
+                        "val_bleu": validation_bleu(model, val_pairs, *vocabs)}
+        if verbose:
+            print(f"{name}: val loss {scores[name]['val_loss']:.3f}, val BLEU (greedy) {scores[name]['val_bleu']:.2f}")
+        if best is None or scores[name]["val_bleu"] > scores[best[0]]["val_bleu"]:  # a tie keeps the earlier
+            best = (name, arrays)
+    winner, weights = best
+    set_weights(model, weights)
+    checkpoint.atomic_save(model, run.model, extra={"step": step, "published": winner, **scores[winner]})
+    run.record_digests()
     if verbose:
-        verdict = "kept as model.ckpt" if kept else f"not kept (best single epoch: {best_val_loss:.3f})"
-        print(f"mean of epochs {epochs[0]}-{epochs[-1]}: val loss {val['loss']:.3f}, val ppl {val['ppl']:.2f}, "
-              f"{verdict}")
-    return {"epochs": epochs, "val_loss": val["loss"], "kept": kept}
+        print(f"published as {run.model.name}: {winner}")
+    return {"candidates": scores, "published": winner}

@@ -52,8 +52,9 @@ class TrainConfig:
                                            "(needs --vocab subword)")
     max_len: int = option(128, "longest sentence in tokens, <bos>/<eos> included; longer ones are cut")
     min_freq: int = option(2, "rarer words become <unk>")
-    average_last: int = option(0, "at the end, average the weights of the last N epochs and keep the mean if its "
-                                  "validation loss is lower (0: off)")
+    average_last: int = option(0, "at the end, publish whichever translates the validation split best (greedy "
+                                  "BLEU): the lowest-loss checkpoint, the last weights or the mean of the last N "
+                                  "epochs (0: off, the lowest-loss checkpoint)")
 
     def __post_init__(self):
         for f in fields(self):

@@ -25,7 +25,7 @@ from mindspore import amp
 from tqdm.auto import tqdm
 
 from mindtrans import checkpoint, compat, distributed
-from mindtrans.averaging import keep_epoch_weights, try_averaged_weights
+from mindtrans.averaging import keep_epoch_weights, publish_best_weights
 from mindtrans.batching import BucketBatcher, PackedBatcher
 from mindtrans.config import TransformerConfig
 from mindtrans.corpus import ensure_corpus, explain_corpus, resolve_corpus
@@ -374,8 +374,11 @@ def finish(run: Run, trainer: Trainer, clock: Clock, stopped: str) -> dict:
     progress = trainer.progress
     averaging = None
     if run.cfg.average_last and stopped != "interrupted" and run.main:
-        averaging = try_averaged_weights(trainer.model, run.out, run.cfg.average_last, run.val_batches,
-                                         progress["best_val_loss"], progress["step"], run.verbose)
+        if progress["batch"]:  # stopped inside an epoch: its last weights count as one more epoch to average
+            keep_epoch_weights(trainer.model, run.out, progress["epoch"] + 1, run.cfg.average_last)
+        averaging = publish_best_weights(trainer.model, run.out, run.cfg.average_last, run.val_pairs,
+                                         run.val_batches, (run.src_vocab, run.tgt_vocab), progress["step"],
+                                         run.verbose)
     summary = {"steps": progress["step"], "epochs_completed": progress["epoch"],
                "best_val_loss": progress["best_val_loss"], "train_time_s": clock.total_seconds(),
                "stopped": stopped, "device": run.device, "workers": run.world}

@@ -20,12 +20,12 @@ from mindspore import nn
 import mindtrans
 from mindtrans import checkpoint
 from mindtrans import training as train_module
-from mindtrans.averaging import average_weights
+from mindtrans.averaging import average_weights, validation_bleu
 from mindtrans.batching import BucketBatcher
 from mindtrans.bundle import load_bundle
 from mindtrans.config import TransformerConfig
 from mindtrans.corpus import synthetic_pairs, write_synthetic
-from mindtrans.data import BOS, EOS, Vocab, detokenize, encode_pairs, tokenize
+from mindtrans.data import BOS, EOS, Vocab, detokenize, encode_pairs, load_split, tokenize
 from mindtrans.decode import Translator
 from mindtrans.model import Transformer
 from mindtrans.rundir import RunDir
@@ -480,25 +480,39 @@ def test_average_weights_is_the_element_wise_mean(tmp_path):
         average_weights([tmp_path / "a.ckpt", tmp_path / "c.ckpt"])
 
 
-def test_average_last_keeps_the_last_epochs_and_uses_their_mean_only_if_validation_improves(data_dir, tmp_path):
+def test_average_last_publishes_whichever_weights_translate_validation_best(data_dir, tmp_path):
     out = tmp_path / "run"
     summary = run_train(data_dir, out, epochs=3, average_last=2)
     kept = sorted(path.name for path in (out / RunDir.EPOCHS).iterdir())
     assert kept == ["epoch_002.ckpt", "epoch_003.ckpt"]  # epoch 1 was pruned
     averaging = summary["averaging"]
-    assert averaging["epochs"] == [2, 3]
-    best, extra = load(out / "model.ckpt")
-    mean = average_weights([out / "epochs" / name for name in kept])
-    history = json.loads((out / "log.json").read_text())
-    best_single = min(row["val_loss"] for row in history)
-    assert averaging["kept"] == (averaging["val_loss"] < best_single)
-    if averaging["kept"]:
-        assert extra["averaged_epochs"] == [2, 3]
-        assert_same_state({n: best[n] for n in mean}, mean)
-    else:
-        assert "averaged_epochs" not in extra
-    # The averaged model's validation loss is the one the bundle reports when it is kept.
+    candidates = {"lowest validation loss", "last", "mean of epochs 2-3"}
+    assert set(averaging["candidates"]) == candidates
+    bleu = {name: scores["val_bleu"] for name, scores in averaging["candidates"].items()}
+    assert bleu[averaging["published"]] == max(bleu.values())
+    published, extra = load(out / "model.ckpt")
+    assert extra["published"] == averaging["published"]
+    expected = {"mean of epochs 2-3": average_weights([out / "epochs" / name for name in kept]),
+                "last": load(out / "epochs" / "epoch_003.ckpt")[0]}  # three whole epochs: the last is epoch 3's
+    if averaging["published"] in expected:
+        assert_same_state({n: published[n] for n in expected["last"]}, expected[averaging["published"]])
+    # What was measured is what the bundle now translates: the same greedy validation BLEU.
+    bundle = load_bundle(out)
+    val_pairs = load_split(data_dir, "val", corpus="synthetic")
+    assert validation_bleu(bundle.model, val_pairs, bundle.src_vocab, bundle.tgt_vocab) == \
+        pytest.approx(extra["val_bleu"], abs=1e-6)
     assert json.loads((out / "metadata.json").read_text())["training"]["averaging"] == averaging
+
+
+def test_a_run_stopped_inside_an_epoch_averages_its_last_weights_too(data_dir, tmp_path):
+    out = tmp_path / "run"
+    summary = run_train(data_dir, out, epochs=3, max_steps=2 * BATCHES_PER_EPOCH + 3, average_last=2)
+    assert sorted(path.name for path in (out / RunDir.EPOCHS).iterdir()) == ["epoch_002.ckpt", "epoch_003.ckpt"]
+    assert "mean of epochs 2-3" in summary["averaging"]["candidates"]
+    last, extra = load(out / "epochs" / "epoch_003.ckpt")  # epoch 3 stopped after 3 of its steps
+    latest, _ = load(out / "latest.ckpt")
+    assert extra["epoch"] == 3 and summary["steps"] == 2 * BATCHES_PER_EPOCH + 3
+    assert_same_state(last, {name: latest[name] for name in last}, atol=0)
 
 
 def test_average_last_must_be_zero_or_at_least_two():
