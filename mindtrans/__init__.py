@@ -4,6 +4,11 @@ Importing the package is cheap; MindSpore is imported by the submodules that nee
 it, the first time one of the names below is used.
 """
 import importlib
+import os
+
+# MindSpore reads its log level when it is first imported: errors only, not internal warnings a
+# user cannot act on ("Some side effect nodes were eliminated by mistake"). GLOG_v=2 shows them.
+os.environ.setdefault("GLOG_v", "3")
 
 __version__ = "0.1.0"
 

@@ -200,3 +200,12 @@ def test_cli_translate_stdin_keeps_the_input_order(random_bundle, workdir):
                       stdin="".join(s + "\n" for s in sentences))
     assert piped.returncode == 0, piped.stderr[-3000:]
     assert piped.stdout.split("\n")[:-1] == expected
+
+
+def test_mindspore_internal_warnings_are_off_unless_asked_for():
+    code = "import os, mindtrans; print(os.environ['GLOG_v'])"
+    env = {k: v for k, v in os.environ.items() if k != "GLOG_v"}
+    quiet = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    chosen = subprocess.run([sys.executable, "-c", code], env={**env, "GLOG_v": "2"}, capture_output=True, text=True,
+                            check=True)
+    assert (quiet.stdout.strip(), chosen.stdout.strip()) == ("3", "2")
