@@ -51,8 +51,11 @@ def set_weights(model, arrays: dict) -> None:
 
 
 def candidate_weights(model, run: RunDir, last: int) -> dict:
-    """name -> weights: the lowest-validation-loss checkpoint, the last weights, the mean of the last epochs."""
-    candidates = {"lowest validation loss": checkpoint.load(run.model)[0],
+    """name -> weights: model.ckpt (the lowest-validation-loss checkpoint, or what an earlier choice
+    published when a finished run is resumed), the last weights, the mean of the last epochs."""
+    saved, extra = checkpoint.load(run.model)
+    earlier = (extra or {}).get("published")
+    candidates = {f"published earlier: {earlier}" if earlier else "lowest validation loss": saved,
                   "last": {param.name: param.asnumpy().copy() for param in model.get_parameters()}}
     paths = run.epoch_checkpoints()[-last:]
     if len(paths) >= 2:

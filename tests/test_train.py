@@ -502,6 +502,9 @@ def test_average_last_publishes_whichever_weights_translate_validation_best(data
     assert validation_bleu(bundle.model, val_pairs, bundle.src_vocab, bundle.tgt_vocab) == \
         pytest.approx(extra["val_bleu"], abs=1e-6)
     assert json.loads((out / "metadata.json").read_text())["training"]["averaging"] == averaging
+    # Resuming the finished run chooses again, and names model.ckpt for what it now holds.
+    again = run_train(data_dir, out, resume=True, epochs=3, average_last=2)["averaging"]
+    assert set(again["candidates"]) == {f"published earlier: {averaging['published']}", "last", "mean of epochs 2-3"}
 
 
 def test_a_run_stopped_inside_an_epoch_averages_its_last_weights_too(data_dir, tmp_path):
