@@ -10,6 +10,7 @@ from mindtrans.schedule import SCHEDULES
 
 CORPORA = ("auto",) + data.CORPORA  # "auto": Multi30k when fetched, else the synthetic corpus
 RESUME_OVERRIDES = ("epochs", "max_steps", "max_minutes")  # what a resumed run takes from the command line
+PRESET_OVERRIDES = {"dropout": float, "heads": int}  # None: the preset's value
 
 
 def option(default, help: str, **argparse_kwargs):
@@ -38,7 +39,8 @@ class TrainConfig:
     schedule: str = option("inverse_sqrt", "decay after warm-up", choices=SCHEDULES)
     label_smoothing: float = option(0.1, "label smoothing of the loss")
     clip_norm: float = option(1.0, "global gradient-norm clip")
-    dropout: Optional[float] = option(None, "dropout (default: the preset's)")
+    dropout: Optional[float] = option(None, "dropout of the model's sub-layers")
+    heads: Optional[int] = option(None, "attention heads; the preset's d_model must be divisible by it")
     seed: int = option(0, "the same seed gives the same run")
     amp: str = option("auto", "mixed precision with loss scaling ('auto': on for Ascend/GPU, off for CPU)",
                       choices=("auto", "on", "off"))
@@ -80,6 +82,8 @@ class TrainConfig:
             raise ValueError("--share-embeddings needs one vocabulary for both languages: add --vocab subword")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.heads is not None and self.heads < 1:
+            raise ValueError(f"--heads must be at least 1, got {self.heads}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -116,7 +120,7 @@ def add_arguments(parser) -> None:
             action = "store_false" if f.default else "store_true"
             parser.add_argument(flag(f.name), dest=f.name, action=action, help=f.metadata["help"])
             continue
-        kind = float if f.name == "dropout" else type(f.default)
+        kind = PRESET_OVERRIDES.get(f.name, type(f.default))
         extra = {"choices": f.metadata["choices"]} if "choices" in f.metadata else {}
         default = "the preset's" if f.default is None else f.default
         if f.name in RESUME_OVERRIDES:  # None: not given, so that --resume can keep the run's own limit

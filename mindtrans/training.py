@@ -145,7 +145,8 @@ def prepare_run(data_dir, out, cfg: TrainConfig, resume: bool, verbose: bool, ov
         config = TransformerConfig.from_dict(out.read_json(RunDir.CONFIG))
     else:
         src_vocab, tgt_vocab = build_vocabs(train_pairs, cfg.vocab, cfg.min_freq, cfg.subword_size)
-        overrides = {"dropout": cfg.dropout} if cfg.dropout is not None else {}
+        overrides = {name: value for name, value in (("dropout", cfg.dropout), ("n_heads", cfg.heads))
+                     if value is not None}
         if cfg.share_embeddings:  # one table for source, target and output projection
             overrides.update(share_embeddings=True, tie_embeddings=True)
         config = TransformerConfig.preset(cfg.preset, **overrides).with_vocab(len(src_vocab), len(tgt_vocab))
