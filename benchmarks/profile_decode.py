@@ -59,27 +59,29 @@ def encoder_flops(config, batch: int, src_len: int) -> int:
 
 
 class StepMeter:
-    """Wraps `mindtrans.decode._run_step` and the encoder: their time, calls and arithmetic."""
+    """Wraps a `MindSporeSteps`' `run` and `encode` (`mindtrans.step_graph`): their time, calls and arithmetic."""
 
-    def __init__(self, decode, steps):
-        self.decode, self.steps, self.config = decode, steps, steps.config
+    def __init__(self, steps):
+        self.steps, self.config = steps, steps.config
         self.step_s = self.encode_s = 0.0
         self.calls = self.flops_all_rows = self.flops_live_rows = self.encoder_flops = 0
-        self.run_step, self.encode = decode._run_step, steps.encode
 
     def __enter__(self):
-        self.decode._run_step, self.steps.encode = self.timed_step, self.timed_encode
+        self.steps.run, self.steps.encode = self.timed_step, self.timed_encode  # shadow the methods
         return self
 
     def __exit__(self, *exc):
-        self.decode._run_step, self.steps.encode = self.run_step, self.encode
+        del self.steps.run, self.steps.encode
 
-    def timed_step(self, steps, tokens, src_mask, cache, position, rows):
+    def timed_step(self, tokens, state, position, rows):
+        from mindtrans.data import PAD
+
         start = time.perf_counter()
-        out = self.run_step(steps, tokens, src_mask, cache, position, rows)
+        out = type(self.steps).run(self.steps, tokens, state, position, rows)
         self.step_s += time.perf_counter() - start
-        slots, src_len = out[1][0].shape[2], src_mask.shape[-1]
-        live = int((tokens[:, 0] != self.decode.PAD).sum())
+        src_mask, cache = out[1]
+        slots, src_len = cache[0].shape[2], src_mask.shape[-1]
+        live = int((tokens[:, 0] != PAD).sum())
         self.calls += 1
         self.flops_all_rows += step_flops(self.config, tokens.shape[0], slots, src_len)
         self.flops_live_rows += step_flops(self.config, live, position + 1, src_len)
@@ -87,7 +89,7 @@ class StepMeter:
 
     def timed_encode(self, src):
         start = time.perf_counter()
-        src_mask, crosses = self.encode(src)
+        src_mask, crosses = type(self.steps).encode(self.steps, src)
         crosses[-1].asnumpy()  # wait for the encoder
         self.encode_s += time.perf_counter() - start
         self.encoder_flops += encoder_flops(self.config, *src.shape)
@@ -95,10 +97,8 @@ class StepMeter:
 
 
 def greedy_breakdown(translator, sources, matmul_gflops: float) -> dict:
-    from mindtrans import decode
-
     start = time.perf_counter()
-    with StepMeter(decode, translator.steps) as meter:
+    with StepMeter(translator.steps) as meter:
         translator.translate_ids(sources, beam_size=1)
     total = time.perf_counter() - start
     return {"total_s": total, "encoder_s": meter.encode_s, "decoding_steps_s": meter.step_s,

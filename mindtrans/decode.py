@@ -2,121 +2,47 @@
 
 Both encode the source once, then run the decoder on one new token per step: the
 cache holds every layer's keys and values of the earlier positions (and the
-projected encoder memory), so no step recomputes the prefix. The step is one
-compiled graph (`decode_step`) over a cache with a fixed number of slots, so that
-a step costs its arithmetic rather than a hundred eager op dispatches. The searches
-see a model only through `Steps` (encode, step): a `Transformer`'s, or the MindIR
-graphs of an exported one (`mindtrans.exported`), which run without the model code.
+projected encoder memory), so no step recomputes the prefix. The searches are
+NumPy and see a model only through `Steps` (start, run): a `Transformer`'s compiled
+step (`mindtrans.step_graph`), the MindIR graphs of an exported one
+(`mindtrans.exported`), or the same arithmetic in NumPy (`mindtrans.numpy_steps`).
 """
 import warnings
-import weakref
 
-import mindspore as ms
 import numpy as np
-from mindspore import ops
 
-from mindtrans import compat
 from mindtrans.data import BOS, EOS, PAD
 
 
-_COMPILED_STEPS = weakref.WeakKeyDictionary()  # model -> its compiled decoding step
-
-
-def step_function(model):
-    """`model`'s decoding step as a plain function, for `decode_step` to compile and for the export
-    (`mindtrans.export`) to trace; see `decode_step` for its arguments and results."""
-    n_layers = model.config.n_decoder_layers
-
-    def step(tokens, src_mask, cache, position, rows):
-        nested = ()
-        for i in range(n_layers):
-            self_keys, self_values, cross_keys, cross_values = cache[4 * i:4 * i + 4]
-            nested += ((ops.gather(self_keys, rows, 0), ops.gather(self_values, rows, 0), cross_keys,
-                        cross_values),)
-        logits, new_cache, weights = model.decode(tokens, None, src_mask, nested, position)
-        flat = ()
-        for layer in new_cache:
-            flat += layer
-        # squeeze, not [:, -1]: the CPU StridedSlice kernel takes ~30 ms on (512, 1, V)
-        log_probs = ops.log_softmax(logits.squeeze(1).astype(ms.float32), axis=-1)
-        return log_probs, flat, weights[-1].squeeze(2).mean(axis=1)
-
-    return step
-
-
-def step_signature(config, dtype=ms.float32) -> dict:
-    """The decoding step's inputs with their symbolic dimensions (None): batch B, source length Ls and
-    the number of cache slots; `position` is an int32 scalar."""
-    heads, d_head = config.n_heads, config.d_model // config.n_heads
-    any_cache = ms.Tensor(shape=[None, heads, None, d_head], dtype=dtype)
-    return dict(tokens=ms.Tensor(shape=[None, 1], dtype=ms.int32),
-                src_mask=ms.Tensor(shape=[None, 1, 1, None], dtype=ms.bool_),
-                cache=(any_cache,) * (4 * config.n_decoder_layers),
-                position=ms.Tensor(0, ms.int32),  # a scalar
-                rows=ms.Tensor(shape=[None], dtype=ms.int32))
-
-
-def decode_step(model, dtype=ms.float32):
-    """`model`'s decoding step as one compiled graph, built on first use for all shapes.
-
-    step(tokens (B, 1), src_mask (B, 1, 1, Ls), cache, position, rows) -> (log-probabilities
-    (B, V) float32, new cache, last layer's cross-attention weights (B, Ls), mean over heads).
-    `cache` is the flat tuple of `Decoder.init_cache`'s tensors (4 per layer), `position`
-    the int32 step number, and `rows` (B,) int32 picks and reorders the self-attention cache
-    rows first (beam search follows the surviving beams; greedy passes 0 .. B-1).
-    The batch, source length and number of slots are symbolic, so it compiles once (per
-    cache `dtype`: float16 for a model converted by mixed precision).
-    """
-    compiled = _COMPILED_STEPS.setdefault(model, {})
-    if dtype not in compiled:
-        compiled[dtype] = compat.compiled_or_eager(step_function(model), "the decoding step",
-                                                   step_signature(model.config, dtype))
-    return compiled[dtype]
-
-
 class Steps:
-    """A translation model as the searches see it; a trained `Transformer` is one through `ModelSteps`,
-    an exported one (`mindtrans.exported`) through its graphs.
+    """A translation model as the searches see it, NumPy in and out.
 
-    `config`: its `TransformerConfig`. `encode(src)`: src (B, Ls) int32 Tensor -> src_mask
-    (B, 1, 1, Ls) and the flat tuple of every decoder layer's cross-attention keys and values,
-    each (B, H, Ls, D/H). `step(...)`: as `decode_step`'s compiled function.
+    `config`: its `TransformerConfig`. `start(src, slots, repeat)` encodes src (B, Ls) int32 once
+    and returns the decoding state of B * repeat rows (beam b of sentence i is row i * repeat + b)
+    with room for `slots` target tokens. `run(tokens, state, position, rows)`: tokens (B, 1) int32
+    at step `position`, after `rows` (B,) int32 picked and reordered the state's rows (beam search
+    follows the surviving beams; greedy passes 0 .. B-1) -> (log-probabilities (B, V) float32, the
+    new state, the last layer's cross-attention (B, Ls), mean over heads). Implemented with
+    MindSpore by `mindtrans.step_graph` (a `Transformer`, or an export's graphs) and with NumPy by
+    `mindtrans.numpy_steps` (CPU translation without MindSpore).
     """
 
     config = None
 
+    def start(self, src: np.ndarray, slots: int, repeat: int = 1):
+        raise NotImplementedError
 
-class ModelSteps(Steps):
-    """A `Transformer`'s encoder (eager) and compiled decoding step (`decode_step`)."""
-
-    def __init__(self, model):
-        self.model, self.config = model, model.config
-
-    def encode(self, src):
-        return self.model.encode_for_steps(src)
-
-    def step(self, tokens, src_mask, cache, position, rows):
-        return decode_step(self.model, cache[0].dtype)(tokens, src_mask, ms.mutable(cache), position, rows)
+    def run(self, tokens: np.ndarray, state, position: int, rows: np.ndarray):
+        raise NotImplementedError
 
 
 def as_steps(model) -> Steps:
     """`model` itself if it is `Steps`, else the `ModelSteps` of a `Transformer`."""
-    return model if isinstance(model, Steps) else ModelSteps(model)
+    if isinstance(model, Steps):
+        return model
+    from mindtrans.step_graph import ModelSteps
 
-
-def _start(steps: Steps, src: np.ndarray, slots: int, repeat: int = 1):
-    """Encode src (B, Ls) once: src_mask and a flat cache with `slots` empty self-attention slots,
-    both for B * repeat rows (beam b of sentence i is row i * repeat + b)."""
-    src_mask, crosses = steps.encode(ms.Tensor(src.astype(np.int32)))
-    if repeat > 1:
-        rows = ms.Tensor(np.repeat(np.arange(src.shape[0]), repeat).astype(np.int32))
-        src_mask, crosses = ops.gather(src_mask, rows, 0), tuple(ops.gather(t, rows, 0) for t in crosses)
-    cache = ()
-    for keys, values in zip(crosses[0::2], crosses[1::2]):
-        batch, heads, _, d_head = keys.shape
-        empty = ops.zeros((batch, heads, slots, d_head), keys.dtype)
-        cache += (empty, empty, keys, values)
-    return src_mask, cache
+    return ModelSteps(model)
 
 
 DEFAULT_BEAM, DEFAULT_ALPHA = 4, 0.6  # the beam size and length-penalty exponent everything defaults to
@@ -126,27 +52,6 @@ SLOT_CHUNK = 16  # the self-attention cache starts with room for the source leng
 def _initial_slots(src: np.ndarray, steps: int) -> int:
     """Slots to allocate first: most translations are about as long as their source."""
     return min(steps, src.shape[1] + SLOT_CHUNK)
-
-
-def _grow(cache: tuple, extra: int) -> tuple:
-    """The flat cache with `extra` more (empty) self-attention slots; the graph's shapes are symbolic."""
-    grown = list(cache)
-    for i in range(0, len(cache), 4):  # per layer: self keys, self values, cross keys, cross values
-        for j in (i, i + 1):
-            batch, heads, _, d_head = cache[j].shape
-            grown[j] = ops.concat((cache[j], ops.zeros((batch, heads, extra, d_head), cache[j].dtype)), axis=2)
-    return tuple(grown)
-
-
-def _run_step(steps: Steps, tokens: np.ndarray, src_mask, cache, position: int, rows: np.ndarray):
-    """One compiled step with NumPy in and out: (log_probs (B, V), cache, attention (B, Ls));
-    the cache gets more slots first when `position` is past its end."""
-    slots = cache[0].shape[2]
-    if position >= slots:
-        cache = _grow(cache, SLOT_CHUNK)
-    log_probs, cache, attention = steps.step(ms.Tensor(tokens), src_mask, cache, ms.Tensor(position, ms.int32),
-                                             ms.Tensor(rows.astype(np.int32)))
-    return log_probs.asnumpy(), cache, attention.asnumpy()
 
 
 def default_max_new_tokens(src_len: int, limit: int) -> int:
@@ -173,7 +78,7 @@ def greedy_decode(model, src: np.ndarray, max_new_tokens: int = None, return_att
     limits = _budgets(src, max_new_tokens, model.config.max_len)
     steps = int(limits.max())
     batch = src.shape[0]
-    src_mask, cache = _start(model, src, _initial_slots(src, steps))
+    state = model.start(src, _initial_slots(src, steps))
     rows = np.arange(batch)
     tokens = np.full((batch, 1), BOS, dtype=np.int32)
     outputs = np.full((batch, steps), PAD, dtype=np.int32)
@@ -181,7 +86,7 @@ def greedy_decode(model, src: np.ndarray, max_new_tokens: int = None, return_att
     lengths = limits.copy()
     finished = np.zeros(batch, dtype=bool)
     for t in range(steps):
-        log_probs, cache, weights = _run_step(model, tokens, src_mask, cache, t, rows)
+        log_probs, state, weights = model.run(tokens, state, t, rows)
         next_tokens = log_probs.argmax(axis=-1).astype(np.int32)
         next_tokens[finished] = PAD
         outputs[:, t] = next_tokens
@@ -229,7 +134,7 @@ def beam_search(model, src: np.ndarray, beam_size: int = DEFAULT_BEAM, alpha: fl
     limits = _budgets(src, max_new_tokens, model.config.max_len)
     steps = int(limits.max())
     # Beam b of sentence i is row i*k + b.
-    src_mask, cache = _start(model, src, _initial_slots(src, steps), repeat=k)
+    state = model.start(src, _initial_slots(src, steps), repeat=k)
     rows_kept = np.arange(batch * k)
     scores = np.full((batch, k), -np.inf)
     scores[:, 0] = 0.0  # every beam starts as the same <bos>: keep one alive at first
@@ -240,7 +145,7 @@ def beam_search(model, src: np.ndarray, beam_size: int = DEFAULT_BEAM, alpha: fl
     capped = [[] for _ in range(batch)]  # the live hypotheses of a sentence that ran out of budget
     tokens = np.full((batch * k, 1), BOS, dtype=np.int32)
     for t in range(steps):
-        log_probs, cache, weights = _run_step(model, tokens, src_mask, cache, t, rows_kept)
+        log_probs, state, weights = model.run(tokens, state, t, rows_kept)
         vocab = log_probs.shape[-1]
         candidates = (scores[:, :, None] + log_probs.reshape(batch, k, vocab)).reshape(batch, k * vocab)
         top = _best(candidates, 2 * k)  # 2k: k stay alive even if k end

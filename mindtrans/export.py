@@ -18,7 +18,7 @@ from mindspore import nn
 import mindtrans
 from mindtrans.bundle import load_bundle
 from mindtrans.data import BOS, EOS
-from mindtrans.decode import step_function
+from mindtrans.step_graph import step_function
 from mindtrans.exported import (CACHE_DTYPES, ENCODER, FILES, FORMAT, FORMAT_VERSION, MANIFEST, STEP,
                                 graph_inputs, is_export)
 from mindtrans.files import default_file_mode, first_line, sha256_file
@@ -40,7 +40,7 @@ class EncoderGraph(nn.Cell):
 
 class StepGraph(nn.Cell):
     """(tokens (B, 1), src_mask (B, 1, 1, Ls), position, rows (B,), *cache) -> (log-probabilities (B, V),
-    attention (B, Ls), *new cache): `mindtrans.decode.decode_step` with the cache as flat arguments."""
+    attention (B, Ls), *new cache): `mindtrans.step_graph.decode_step` with the cache as flat arguments."""
 
     def __init__(self, model):
         super().__init__()

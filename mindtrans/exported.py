@@ -7,7 +7,7 @@ manifest.json (format version, the versions that wrote it, each file's sha256):
   layer its cross-attention keys and values (B, H, Ls, D/H) (`Transformer.encode_for_steps`);
 - decoder_step.mindir: (tokens (B, 1) int32, src_mask, position int32 scalar, rows (B,) int32,
   cache: 4 tensors per layer, (B, H, slots, D/H) self keys and values, then the cross ones)
-  -> (log-probabilities (B, V), attention (B, Ls), the new cache): `mindtrans.decode.decode_step`;
+  -> (log-probabilities (B, V), attention (B, Ls), the new cache): `mindtrans.step_graph.decode_step`;
 - config.json, src_vocab.json, tgt_vocab.json: as in the bundle (a subword model inside).
 
 B, Ls and the number of slots are symbolic. Greedy and beam search stay in Python
@@ -22,7 +22,8 @@ import mindspore as ms
 from mindspore import nn
 
 from mindtrans.bundle import _read_config_and_vocabs
-from mindtrans.decode import Steps, Translator, step_signature
+from mindtrans.decode import Translator
+from mindtrans.step_graph import MindSporeSteps, step_signature
 from mindtrans.files import first_line, sha256_file
 from mindtrans.rundir import RunDir
 
@@ -36,7 +37,7 @@ class ExportError(ValueError):
     """An export directory is incomplete, changed or unreadable; the message says which file."""
 
 
-class GraphSteps(Steps):
+class GraphSteps(MindSporeSteps):
     """The two exported graphs (`nn.GraphCell`s) as the searches' `Steps`."""
 
     def __init__(self, config, encoder, step):

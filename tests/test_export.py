@@ -13,7 +13,7 @@ import pytest
 from mindtrans.bundle import load_bundle
 from mindtrans.cli import main
 from mindtrans.corpus import write_synthetic
-from mindtrans.decode import ModelSteps, _start
+from mindtrans.step_graph import ModelSteps
 from mindtrans.exported import ENCODER, FILES, MANIFEST, STEP, ExportError, load_export
 from mindtrans.files import sha256_file
 from mindtrans.train_config import TrainConfig
@@ -83,7 +83,7 @@ def test_one_step_gives_the_bundles_log_probabilities(bundle, exported):
     src = np.array([[2, 9, 17, 23, 5, 3], [2, 30, 11, 3, 0, 0]], dtype=np.int32)
     runs = []
     for steps in (ModelSteps(load_bundle(bundle).model), load_export(exported).steps):
-        src_mask, cache = _start(steps, src, slots=4, repeat=2)
+        src_mask, cache = steps.start(src, slots=4, repeat=2)
         cache = tuple(t + 0.1 for t in cache)  # as if two positions were decoded already
         tokens, rows = ms.Tensor(np.array([[7], [8], [9], [10]], np.int32)), ms.Tensor(np.array([1, 0, 3, 3], np.int32))
         log_probs, new_cache, attention = steps.step(tokens, src_mask, cache, ms.Tensor(2, ms.int32), rows)

@@ -148,7 +148,7 @@ def test_cached_step_by_step_decoding_equals_full_decoding(tiny_config, variant)
 def test_fixed_slot_cache_decoding_equals_full_decoding(tiny_config, variant, compiled):
     """The cache of `init_cache` (written at `position`, shapes fixed) gives the same logits,
     eagerly and as the compiled step the decoders use; stale slots beyond `position` are ignored."""
-    from mindtrans.decode import decode_step
+    from mindtrans.step_graph import decode_step
 
     model = build(tiny_config, **VARIANTS[variant])
     model.set_train(False)
