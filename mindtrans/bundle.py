@@ -50,15 +50,21 @@ def save_bundle(path, model, src_vocab: Vocab, tgt_vocab: Vocab, metadata: dict 
     return run
 
 
-def load_bundle(path, weights: str = RunDir.MODEL) -> Bundle:
+ENGINES = ("mindspore", "numpy")  # what runs a loaded model: a MindSpore `Transformer`, or `NumpySteps` (CPU)
+
+
+def load_bundle(path, weights: str = RunDir.MODEL, engine: str = "mindspore") -> Bundle:
     """Rebuild the model saved in bundle directory `path`, in inference mode.
 
-    Raises BundleError naming the problem: a missing file, a config that does not
-    describe the saved weights, vocabularies that do not fit the config, corrupt weights.
+    `engine` "numpy" gives a `mindtrans.numpy_steps.NumpySteps` instead of a `Transformer`:
+    it only translates, on the CPU, and never imports MindSpore. Raises BundleError naming the
+    problem: a missing file, a config that does not describe the saved weights, vocabularies
+    that do not fit the config, corrupt weights.
     """
     from mindtrans import checkpoint
-    from mindtrans.model import Transformer
 
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
     run = RunDir(path)
     if not run.path.is_dir():
         raise BundleError(f"{run.path} is not a directory; pass the run directory written by `mindtrans train`")
@@ -66,17 +72,37 @@ def load_bundle(path, weights: str = RunDir.MODEL) -> Bundle:
     if missing:
         raise BundleError(f"bundle {run.path} is missing {', '.join(missing)}")
     config, src_vocab, tgt_vocab = _read_config_and_vocabs(run)
+    weights_only = weights != RunDir.MODEL
     try:
         saved, _ = checkpoint.load(run / weights)
-        model = Transformer(config)
-        checkpoint.restore(model.get_parameters(), saved, run / weights, source=RunDir.CONFIG,
-                           weights_only=weights != RunDir.MODEL)
+        model = _numpy_model(config, saved, run / weights, weights_only) if engine == "numpy" else \
+            _mindspore_model(config, saved, run / weights, weights_only)
     except ValueError as err:
         raise BundleError(str(err)) from err
-    model.set_train(False)
     _check_unchanged(run, RunDir.BUNDLE[:3] + (weights,))
     return Bundle(run.path, config, model, src_vocab, tgt_vocab, run.read_json(RunDir.METADATA)
                   if (run / RunDir.METADATA).is_file() else {})
+
+
+def _mindspore_model(config, saved: dict, path, weights_only: bool):
+    from mindtrans import checkpoint
+    from mindtrans.model import Transformer
+
+    model = Transformer(config)
+    checkpoint.restore(model.get_parameters(), saved, path, source=RunDir.CONFIG, weights_only=weights_only)
+    model.set_train(False)
+    return model
+
+
+def _numpy_model(config, saved: dict, path, weights_only: bool):
+    import numpy as np
+
+    from mindtrans import checkpoint
+    from mindtrans.numpy_steps import NumpySteps, parameter_shapes
+
+    expected = {name: (shape, np.dtype(np.float32)) for name, shape in parameter_shapes(config).items()}
+    checkpoint.check_weights(saved, expected, path, source=RunDir.CONFIG, weights_only=weights_only)
+    return NumpySteps(config, saved)
 
 
 def _check_unchanged(run: RunDir, names) -> None:

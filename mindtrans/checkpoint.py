@@ -1,14 +1,13 @@
 """Checkpoints: written atomically (a crash mid-save never replaces a good file), loaded,
-and restored into a model or a whole training state."""
+and restored into a model or a whole training state. Loading and checking need no MindSpore
+(`mindtrans.numpy_steps` translates without it); saving and restoring import it."""
 import json
 import os
 import tempfile
 from pathlib import Path
 
-import mindspore as ms
 import numpy as np
 
-from mindtrans import compat
 from mindtrans.checkpoint_reader import DTYPES, CheckpointFormatError, read_checkpoint
 from mindtrans.files import SaveError, default_file_mode, describe_os_error
 
@@ -23,6 +22,10 @@ def atomic_save(params, path, extra: dict = None) -> None:
     disk, no permission) raises SaveError, keeps the previous file and removes every
     temporary, MindSpore's own `<temporary>.tmp` included.
     """
+    import mindspore as ms
+
+    from mindtrans import compat
+
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -76,29 +79,33 @@ def load(path) -> tuple:
 
 
 def restore(params, saved: dict, path, source: str = "the model", weights_only: bool = False) -> None:
-    """Copy the `saved` arrays (from `load`) into `params` in place.
+    """Copy the `saved` arrays (from `load`) into `params` in place, after `check_weights`."""
+    import mindspore as ms
 
-    Every parameter needs an entry of its shape and dtype, with finite values, and no entry
-    may be left over (unless `weights_only`: the model's weights read from a training state);
-    otherwise ValueError: "<path> does not match <source>: ...".
-    """
     params = list(params)
-    names = {param.name for param in params}
-    absent = [name for name in names if name not in saved]
-    unused = [] if weights_only else [name for name in saved if name not in names]
+    check_weights(saved, {param.name: (tuple(param.shape), np.dtype(DTYPES[str(param.dtype)])) for param in params},
+                  path, source, weights_only)
+    for param in params:
+        param.set_data(ms.Tensor(saved[param.name]))
+
+
+def check_weights(saved: dict, expected: dict, path, source: str = "the model", weights_only: bool = False) -> None:
+    """ValueError "<path> does not match <source>: ..." unless `saved` (from `load`) holds an entry of
+    each `expected` {name: (shape, dtype)}, with finite values, and nothing else (unless `weights_only`:
+    the model's weights read from a training state)."""
+    absent = [name for name in expected if name not in saved]
+    unused = [] if weights_only else [name for name in saved if name not in expected]
     for problem, listed in (("no weights for", sorted(absent)), ("weights it does not use:", sorted(unused))):
         if listed:
             raise ValueError(f"{path} does not match {source}: {problem} {listed[:3]}"
                              f"{' ...' if len(listed) > 3 else ''}")
-    for param in params:
-        value, expected = saved[param.name], np.dtype(DTYPES[str(param.dtype)])
-        if tuple(value.shape) != tuple(param.shape) or value.dtype != expected:
-            raise ValueError(f"{path} does not match {source}: {param.name} has shape {tuple(value.shape)} of "
-                             f"{value.dtype}, {source} implies {tuple(param.shape)} of {expected}")
+    for name, (shape, dtype) in expected.items():
+        value = saved[name]
+        if tuple(value.shape) != tuple(shape) or value.dtype != dtype:
+            raise ValueError(f"{path} does not match {source}: {name} has shape {tuple(value.shape)} of "
+                             f"{value.dtype}, {source} implies {tuple(shape)} of {dtype}")
         if value.dtype.kind == "f" and not np.isfinite(value).all():
-            raise ValueError(f"{path} is corrupt: {param.name} holds NaN or infinite values")
-    for param in params:
-        param.set_data(ms.Tensor(saved[param.name]))
+            raise ValueError(f"{path} is corrupt: {name} holds NaN or infinite values")
 
 
 def training_state(model, optimizer, loss_scaler=None) -> list:

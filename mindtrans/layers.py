@@ -2,9 +2,10 @@
 import math
 
 import mindspore as ms
-import numpy as np
 from mindspore import Parameter, nn, ops
 from mindspore.common.initializer import Normal, XavierUniform, initializer
+
+from mindtrans.numpy_steps import sinusoidal_table  # NumPy, shared with the NumPy decoder
 
 
 class Linear(nn.Cell):
@@ -33,16 +34,6 @@ class Linear(nn.Cell):
         if self.bias is not None:
             y = y + self.outer(ops.ones((rows.shape[0], 1), y.dtype), self.bias.reshape(1, -1).astype(y.dtype))
         return y.reshape(x.shape[:-1] + (self.out_features,))
-
-
-def sinusoidal_table(max_len: int, d_model: int) -> np.ndarray:
-    """(max_len, d_model) float32: PE[pos, 2i] = sin(pos / 10000^(2i/d)), PE[pos, 2i+1] = cos(...)."""
-    position = np.arange(max_len, dtype=np.float64)[:, None]
-    inv_freq = np.exp(-math.log(10000.0) * np.arange(0, d_model, 2, dtype=np.float64) / d_model)
-    table = np.zeros((max_len, d_model), dtype=np.float64)
-    table[:, 0::2] = np.sin(position * inv_freq)
-    table[:, 1::2] = np.cos(position * inv_freq)[:, : d_model // 2]
-    return table.astype(np.float32)
 
 
 class PositionalEncoding(nn.Cell):

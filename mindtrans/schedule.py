@@ -4,7 +4,7 @@ import math
 import mindspore as ms
 from mindspore import nn, ops
 
-SCHEDULES = ("inverse_sqrt", "linear", "constant")
+from mindtrans.train_config import SCHEDULES
 
 
 def learning_rate(step: int, peak: float, warmup: int, kind: str = "inverse_sqrt", total: int = None) -> float:

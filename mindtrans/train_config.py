@@ -6,11 +6,11 @@ from typing import Optional
 
 from mindtrans import data
 from mindtrans.config import PRESETS
-from mindtrans.schedule import SCHEDULES
 
 CORPORA = ("auto",) + data.CORPORA  # "auto": Multi30k when fetched, else the synthetic corpus
 RESUME_OVERRIDES = ("epochs", "max_steps", "max_minutes")  # what a resumed run takes from the command line
 PRESET_OVERRIDES = {"dropout": float, "heads": int}  # None: the preset's value
+SCHEDULES = ("inverse_sqrt", "linear", "constant")  # --schedule's choices, each made by mindtrans.schedule
 
 
 def option(default, help: str, **argparse_kwargs):
