@@ -239,6 +239,16 @@ def test_resume_needs_a_latest_checkpoint(data_dir, tmp_path):
         run_train(data_dir, tmp_path / "empty", resume=True)
 
 
+def test_heads_and_dropout_flags_override_the_preset(data_dir, tmp_path):
+    run_train(data_dir, tmp_path / "run", max_steps=1, heads=2, dropout=0.05)
+    config = json.loads((tmp_path / "run" / RunDir.CONFIG).read_text())
+    assert (config["n_heads"], config["dropout"]) == (2, 0.05)  # the tiny preset's: 4 heads, dropout 0
+    with pytest.raises(ValueError, match="--heads must be at least 1, got 0"):
+        dataclasses.replace(CFG, heads=0)
+    with pytest.raises(ValueError, match="d_model=32 is not divisible by n_heads=3"):
+        run_train(data_dir, tmp_path / "three", max_steps=1, heads=3)
+
+
 # --------------------------------------------------------------------------- seeds
 def test_same_seed_gives_the_same_run_and_another_seed_a_different_one(data_dir, stopped_run, tmp_path):
     reference, _ = load(stopped_run[0] / "latest.ckpt")
