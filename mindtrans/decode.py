@@ -201,7 +201,8 @@ class Translator:
     The vocabularies are word-level (`mindtrans.data.Vocab`: lowercased words) or subword
     (`mindtrans.subword.SubwordVocab`: cased text); both turn text into ids and back.
 
-    `model` is a `Transformer` or `Steps` (an exported model: `mindtrans.exported`).
+    `model` is a `Transformer` or `Steps` (an exported model, `mindtrans.exported`, or a bundle loaded
+    with `engine="numpy"`, `mindtrans.numpy_steps`).
     A blank sentence translates to an empty one (nothing is decoded for it).
     """
 
