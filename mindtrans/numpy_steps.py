@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from mindtrans.decode import SLOT_CHUNK, Steps
+from mindtrans.search_steps import SLOT_CHUNK, Steps
 
 
 def sinusoidal_table(max_len: int, d_model: int) -> np.ndarray:

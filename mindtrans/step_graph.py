@@ -12,7 +12,7 @@ import numpy as np
 from mindspore import ops
 
 from mindtrans import compat
-from mindtrans.decode import SLOT_CHUNK, Steps
+from mindtrans.search_steps import SLOT_CHUNK, Steps
 
 _COMPILED_STEPS = weakref.WeakKeyDictionary()  # model -> its compiled decoding step
 

@@ -7,12 +7,14 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "mindtrans"
 
 # The flow fetch -> data -> batching -> steps -> loop -> run directory -> bundle -> CLI, with
-# the model and search (decoding) beside it: a module may import only those before it.
+# the model and search (decoding) beside it: a module may import only those before it. The
+# searches' model interface (search_steps) and its NumPy implementation come before the
+# MindSpore layers, which must never be needed to translate with NumPy.
 LAYERS = [
     "files", "compat", "multi30k_digests", "fetch", "config", "data", "subword", "corpus", "batching", "device",
-    "metrics",
-    "layers", "attention", "encoder", "decoder", "model", "params", "decode", "loss", "schedule",
-    "steps", "checkpoint_reader", "checkpoint", "rundir", "averaging", "train_config", "distributed", "training",
+    "metrics", "search_steps", "numpy_steps",
+    "layers", "attention", "encoder", "decoder", "model", "params", "step_graph", "decode", "loss", "train_config",
+    "schedule", "steps", "checkpoint_reader", "checkpoint", "rundir", "averaging", "distributed", "training",
     "bundle", "exported", "export", "evaluate", "demo", "cli", "__main__",
 ]
 LONGEST_FUNCTION = 60  # lines, docstring included

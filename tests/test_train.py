@@ -299,7 +299,7 @@ def test_save_interrupted_mid_write_keeps_the_previous_checkpoint(tmp_path, monk
             f.write(good[:len(good) // 3])
         raise error
 
-    monkeypatch.setattr(checkpoint.ms, "save_checkpoint", failing_save)
+    monkeypatch.setattr(ms, "save_checkpoint", failing_save)
     with pytest.raises(type(error)):
         checkpoint.atomic_save(small_params(2.0), path, extra={"step": 2})
     monkeypatch.undo()

@@ -328,7 +328,7 @@ def test_a_full_disk_ends_in_one_line_that_keeps_the_checkpoint(tmp_path, monkey
         Path(os.path.splitext(file_name)[0] + ".tmp").write_bytes(b"part")  # where MindSpore writes
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(checkpoint.ms, "save_checkpoint", full)
+    monkeypatch.setattr(ms, "save_checkpoint", full)
     with pytest.raises(OSError) as info:
         checkpoint.atomic_save(params, path)
     assert str(info.value) == f"cannot save {path}: no space left on device; the previous latest.ckpt is kept"
