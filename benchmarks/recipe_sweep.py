@@ -177,21 +177,34 @@ def main():
         torch.backends.cuda.matmul.allow_tf32 = True
         print(json.dumps(run(config, args.data_dir, device)), flush=True)
         return
-    lines = [line for line in Path(args.configs).read_text().splitlines() if line.strip()]
+    results = sweep([line for line in Path(args.configs).read_text().splitlines() if line.strip()],
+                    args.parallel, args.data_dir)
+    if args.out:
+        tmp = Path(args.out).with_name(Path(args.out).name + ".tmp")
+        tmp.write_text(json.dumps(results, indent=1) + "\n")
+        tmp.replace(args.out)
+    failed = [r for r in results if "failed" in r]
+    if failed:
+        raise SystemExit(f"{len(failed)} of {len(results)} configurations failed (see their output above)")
+
+
+def sweep(lines, parallel, data_dir):
+    """Train the configurations `parallel` at a time; one that fails (out of memory, say) is
+    recorded as {"config", "failed"} and the others go on."""
     results, running = [], []
-    for line in lines + [None] * args.parallel:  # the padding drains the last ones
+    for line in lines + [None] * parallel:  # the padding drains the last ones
         if line is not None:
-            running.append(subprocess.Popen([sys.executable, __file__, "--data-dir", args.data_dir, "--config", line],
-                                            stdout=subprocess.PIPE, text=True))
-        if len(running) == args.parallel or (line is None and running):
-            child = running.pop(0)
+            running.append((line, subprocess.Popen([sys.executable, __file__, "--data-dir", data_dir,
+                                                    "--config", line], stdout=subprocess.PIPE, text=True)))
+        if len(running) == parallel or (line is None and running):
+            line_run, child = running.pop(0)
             output, _ = child.communicate()
             if child.returncode:
-                raise SystemExit(f"configuration failed (exit {child.returncode}); see its output above")
-            results.append(json.loads(output.strip().splitlines()[-1]))
+                results.append({"config": json.loads(line_run), "failed": f"exit {child.returncode}"})
+            else:
+                results.append(json.loads(output.strip().splitlines()[-1]))
             print(json.dumps(results[-1]), flush=True)
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+    return results
 
 
 if __name__ == "__main__":
