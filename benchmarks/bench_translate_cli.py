@@ -56,6 +56,9 @@ def main():
         report["fixed_cost_s"][engine] = round(translate(args.bundle, engine, 1, sentence="Ein Hund rennt.")[0], 2)
         for search, beam in SEARCHES.items():
             seconds, lines = translate(args.bundle, engine, beam, stdin_path=source)
+            if len(lines) != len(references):
+                raise SystemExit(f"--engine {engine} --beam {beam} printed {len(lines)} lines for "
+                                 f"{len(references)} sentences of {source}")
             outputs[engine, search] = lines
             report[f"{engine}_{search}"] = {
                 "seconds": round(seconds, 2), "sentences_per_s": round(len(lines) / seconds, 1),

@@ -189,8 +189,8 @@ def main():
 
 
 def sweep(lines, parallel, data_dir):
-    """Train the configurations `parallel` at a time; one that fails (out of memory, say) is
-    recorded as {"config", "failed"} and the others go on."""
+    """Train the configurations (JSON lines) `parallel` at a time; one that fails (out of memory,
+    say) is recorded as {"config": its line, "failed"} and the others go on."""
     results, running = [], []
     for line in lines + [None] * parallel:  # the padding drains the last ones
         if line is not None:
@@ -199,10 +199,8 @@ def sweep(lines, parallel, data_dir):
         if len(running) == parallel or (line is None and running):
             line_run, child = running.pop(0)
             output, _ = child.communicate()
-            if child.returncode:
-                results.append({"config": json.loads(line_run), "failed": f"exit {child.returncode}"})
-            else:
-                results.append(json.loads(output.strip().splitlines()[-1]))
+            result = json.loads(output.strip().splitlines()[-1]) if not child.returncode and output.strip() else None
+            results.append(result or {"config": line_run, "failed": f"exit {child.returncode}, no result"})
             print(json.dumps(results[-1]), flush=True)
     return results
 

@@ -110,13 +110,28 @@ def cmd_evaluate(args):
               f"BLEU {result['bleu_tokenized']:.2f} (tokenized, lowercased), perplexity {result['ppl']:.2f}")
 
 
+def _numpy_bundle(run_dir):
+    """load_bundle(run_dir, engine="numpy"), saying so when run_dir is an export (MindIR) instead."""
+    from mindtrans.bundle import BundleError, load_bundle
+
+    try:
+        return load_bundle(run_dir, engine="numpy")
+    except BundleError:
+        from mindtrans.exported import is_export  # MindSpore, on this error path only
+
+        if is_export(run_dir):
+            raise ValueError(f"{run_dir} is an exported model (MindIR), which only MindSpore runs: use "
+                             "--engine mindspore, or pass the run directory it was exported from") from None
+        raise
+
+
 def cmd_translate(args):
     from mindtrans.bundle import load_bundle
 
     if args.engine == "numpy":  # never imports MindSpore
         if args.device not in (None, "CPU"):
             raise ValueError(f"--engine numpy runs on the CPU: drop --device {args.device}, or use --engine mindspore")
-        opened = load_bundle(args.run_dir, engine="numpy")
+        opened = _numpy_bundle(args.run_dir)
     else:
         from mindtrans.device import select_device
         from mindtrans.exported import is_export, load_export

@@ -17,7 +17,8 @@ class Steps:
     with room for `slots` target tokens. `run(tokens, state, position, rows)`: tokens (B, 1) int32
     at step `position`, after `rows` (B,) int32 picked and reordered the state's rows (beam search
     follows the surviving beams; greedy passes 0 .. B-1) -> (log-probabilities (B, V) float32, the
-    new state, the last layer's cross-attention (B, Ls), mean over heads). Implemented with
+    new state, the last layer's cross-attention (B, Ls), mean over heads); the state passed in
+    is consumed (an implementation may update it in place). Implemented with
     MindSpore by `mindtrans.step_graph` (a `Transformer`, or an export's graphs) and with NumPy by
     `mindtrans.numpy_steps` (CPU translation without MindSpore).
     """
