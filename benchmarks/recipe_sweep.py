@@ -30,6 +30,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mindtrans.data import BOS, EOS, PAD, load_split, tokenize  # noqa: E402 (these need no MindSpore)
+from mindtrans.files import atomic_write_text  # noqa: E402
 from mindtrans.metrics import sacrebleu_score, tokenized_bleu  # noqa: E402
 from mindtrans.subword import build_vocabs  # noqa: E402
 
@@ -180,9 +181,7 @@ def main():
     results = sweep([line for line in Path(args.configs).read_text().splitlines() if line.strip()],
                     args.parallel, args.data_dir)
     if args.out:
-        tmp = Path(args.out).with_name(Path(args.out).name + ".tmp")
-        tmp.write_text(json.dumps(results, indent=1) + "\n")
-        tmp.replace(args.out)
+        atomic_write_text(args.out, json.dumps(results, indent=1) + "\n")
     failed = [r for r in results if "failed" in r]
     if failed:
         raise SystemExit(f"{len(failed)} of {len(results)} configurations failed (see their output above)")
