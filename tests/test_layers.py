@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from mindspore import nn
 
-from mindtrans.layers import (FeedForward, PositionalEncoding, Residual, RMSNorm, TokenEmbedding, make_norm,
-                              sinusoidal_table)
+from mindtrans.layers import (FeedForward, LayerNorm, PositionalEncoding, Residual, RMSNorm, TokenEmbedding,
+                              make_norm, sinusoidal_table)
 
 TOL = 1e-5
 
@@ -76,12 +76,62 @@ def test_layernorm_matches_numpy():
     rng = np.random.default_rng(1)
     d, eps = 16, 1e-5
     norm = make_norm("layernorm", d, eps)
-    assert isinstance(norm, nn.LayerNorm)
+    assert isinstance(norm, LayerNorm)  # the tests run on CPU
     gain, bias = rng.normal(size=d), rng.normal(size=d)
     norm.gamma.set_data(tensor(gain))
     norm.beta.set_data(tensor(bias))
     x = (rng.normal(size=(3, 5, d)) * 2 + 0.5).astype(np.float32)
     np.testing.assert_allclose(norm(tensor(x)).asnumpy(), reference_layernorm(x, gain, bias, eps), rtol=0, atol=TOL)
+
+
+def reference_layernorm_grads(x, gain, upstream, eps):
+    """d/d(x, gain, bias) of sum(upstream * layernorm(x)), in float64."""
+    x = x.astype(np.float64)
+    inv_std = 1 / np.sqrt(x.var(-1, keepdims=True) + eps)
+    normed = (x - x.mean(-1, keepdims=True)) * inv_std
+    grad_normed = upstream * gain
+    grad_x = inv_std * (grad_normed - grad_normed.mean(-1, keepdims=True)
+                        - normed * (grad_normed * normed).mean(-1, keepdims=True))
+    rows = tuple(range(x.ndim - 1))
+    return grad_x, (upstream * normed).sum(rows), upstream.sum(rows)
+
+
+def weighted_sum_of(norm):
+    def weighted_sum(x, upstream):  # upstream an argument: MindSpore 2.0 graphs cannot read a closure's array
+        return (norm(x) * upstream).sum()
+    return weighted_sum
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_layernorm_gradients_match_numpy_and_nn_layernorm(compiled):
+    rng = np.random.default_rng(3)
+    d, eps = 16, 1e-5
+    x = (rng.normal(size=(3, 5, d)) * 4 + 20).astype(np.float32)  # far-off mean: centring must be exact enough
+    upstream = rng.normal(size=(3, 5, d)).astype(np.float32)
+    gain, bias = rng.normal(size=d), rng.normal(size=d)
+    expected = reference_layernorm_grads(x, gain, upstream, eps)
+    for norm in (LayerNorm(d, eps), nn.LayerNorm((d,), epsilon=eps)):
+        norm.gamma.set_data(tensor(gain))
+        norm.beta.set_data(tensor(bias))
+        grad_fn = ms.value_and_grad(weighted_sum_of(norm), grad_position=0, weights=[norm.gamma, norm.beta])
+        grad_fn = ms.jit(grad_fn) if compiled else grad_fn
+        value, (grad_x, (grad_gain, grad_bias)) = grad_fn(tensor(x), tensor(upstream))
+        assert float(value.asnumpy()) == pytest.approx(float((upstream * reference_layernorm(x, gain, bias, eps)).sum()),
+                                                       rel=1e-4)
+        for got, want in zip((grad_x, grad_gain, grad_bias), expected):
+            np.testing.assert_allclose(got.asnumpy(), want, rtol=1e-4, atol=1e-4)
+
+
+def test_layernorm_loads_nn_layernorm_parameters():
+    """The CPU LayerNorm and nn.LayerNorm name their parameters alike, so checkpoints move between them."""
+    d = 8
+    theirs, ours = nn.LayerNorm((d,), epsilon=1e-5), LayerNorm(d, 1e-5)
+    assert [name for name, _ in ours.parameters_and_names()] == [name for name, _ in theirs.parameters_and_names()]
+    theirs.gamma.set_data(tensor(np.arange(d) + 1.0))
+    theirs.beta.set_data(tensor(np.arange(d) - 3.0))
+    assert not ms.load_param_into_net(ours, {p.name: p for p in theirs.get_parameters()})[0]
+    x = tensor(np.random.default_rng(4).normal(size=(2, 3, d)))
+    np.testing.assert_allclose(ours(x).asnumpy(), theirs(x).asnumpy(), rtol=0, atol=TOL)
 
 
 def test_rmsnorm_matches_numpy():
