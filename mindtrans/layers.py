@@ -112,30 +112,27 @@ class RMSNorm(nn.Cell):
 
 
 class _RowLayerNorm(nn.Cell):
-    """rows (N, D), gamma (D,), beta (D,) -> (N, D) layer-normalised rows, with a hand-written backward.
+    """rows (N, D), gamma (D,), beta (D,) -> (N, D) layer-normalised rows: MindSpore's fused kernel
+    forward, and a backward written here.
 
-    Row means are matrix products with a (D, 1) column of 1/D, and the gamma and beta gradients
-    are sums over the rows made by a product with a row of ones: MindSpore's CPU reductions
-    are slower than its matrix products.
+    The backward recomputes the statistics. Its row means are products with a (D, 1) column of
+    1/D, and the gamma and beta gradients are products with a row of ones: MindSpore's CPU
+    reductions are slower than its matrix products.
     """
 
     def __init__(self, d_model: int, eps: float):
         super().__init__()
         self.eps = eps
+        self.layer_norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
         self.row_mean = ms.Tensor(np.full((d_model, 1), 1.0 / d_model, np.float32))
 
-    def standardize(self, rows):
-        """rows (N, D) -> ((rows - mean) / std (N, D), 1 / std (N, 1))."""
-        centred = rows - ops.matmul(rows, self.row_mean)
-        inv_std = ops.rsqrt(ops.matmul(centred * centred, self.row_mean) + self.eps)
-        return centred * inv_std, inv_std
-
     def construct(self, rows, gamma, beta):
-        normed, _ = self.standardize(rows)
-        return normed * gamma + beta
+        return self.layer_norm(rows, gamma, beta)[0]
 
     def bprop(self, rows, gamma, beta, out, dout):
-        normed, inv_std = self.standardize(rows)
+        centred = rows - ops.matmul(rows, self.row_mean)
+        inv_std = ops.rsqrt(ops.matmul(centred * centred, self.row_mean) + self.eps)  # (N, 1)
+        normed = centred * inv_std
         ones = ops.ones((1, rows.shape[0]), rows.dtype)
         grad_gamma = ops.matmul(ones, dout * normed).reshape(-1)
         grad_beta = ops.matmul(ones, dout).reshape(-1)
@@ -146,11 +143,10 @@ class _RowLayerNorm(nn.Cell):
 
 
 class LayerNorm(nn.LayerNorm):
-    """(x - mean) / sqrt(var + eps) * gamma + beta over the last axis, in float32: `nn.LayerNorm`
-    with its parameters (and its place in mixed precision's float32 list), computed for the CPU,
-    where MindSpore's LayerNormGrad kernel took 22% of a `small` train step at 2048 tokens; with
-    this one the step takes ~10% less time (benchmarks/profile_train.py). `make_norm` uses it on
-    CPU only.
+    """(x - mean) / sqrt(var + eps) * gamma + beta over the last axis, in float32: `nn.LayerNorm`,
+    with its forward kernel, its parameters and its place in mixed precision's float32 list, but
+    a backward pass written for the CPU. There MindSpore's LayerNormGrad kernel took a fifth of a
+    `small` train step at 2048 tokens (benchmarks/profile_train.py). `make_norm` uses it on CPU only.
     """
 
     def __init__(self, d_model: int, eps: float = 1e-5):
@@ -166,8 +162,7 @@ class LayerNorm(nn.LayerNorm):
 
 def make_norm(kind: str, d_model: int, eps: float = 1e-5) -> nn.Cell:
     """"layernorm" or "rmsnorm" over the last axis. LayerNorm is `mindtrans.layers.LayerNorm` on
-    CPU and `nn.LayerNorm` (fused kernels; kept in float32 by mixed precision) elsewhere: the
-    same parameters, so checkpoints move between them."""
+    CPU and `nn.LayerNorm` elsewhere (its fused backward kernel): the same forward and parameters."""
     if kind == "layernorm":
         if ms.get_context("device_target") == "CPU":
             return LayerNorm(d_model, eps)
