@@ -2,7 +2,6 @@
 import math
 
 import mindspore as ms
-import numpy as np
 from mindspore import Parameter, nn, ops
 from mindspore.common.initializer import Normal, XavierUniform, initializer
 
@@ -111,61 +110,9 @@ class RMSNorm(nn.Cell):
         return (x * ops.rsqrt(variance + self.eps)).astype(x.dtype) * self.weight.astype(x.dtype)
 
 
-class _RowLayerNorm(nn.Cell):
-    """rows (N, D), gamma (D,), beta (D,) -> (N, D) layer-normalised rows: MindSpore's fused kernel
-    forward, and a backward written here.
-
-    The backward recomputes the statistics. Its row means are products with a (D, 1) column of
-    1/D, and the gamma and beta gradients are products with a row of ones: MindSpore's CPU
-    reductions are slower than its matrix products.
-    """
-
-    def __init__(self, d_model: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.layer_norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
-        self.row_mean = ms.Tensor(np.full((d_model, 1), 1.0 / d_model, np.float32))
-
-    def construct(self, rows, gamma, beta):
-        return self.layer_norm(rows, gamma, beta)[0]
-
-    def bprop(self, rows, gamma, beta, out, dout):
-        centred = rows - ops.matmul(rows, self.row_mean)
-        inv_std = ops.rsqrt(ops.matmul(centred * centred, self.row_mean) + self.eps)  # (N, 1)
-        normed = centred * inv_std
-        ones = ops.ones((1, rows.shape[0]), rows.dtype)
-        grad_gamma = ops.matmul(ones, dout * normed).reshape(-1)
-        grad_beta = ops.matmul(ones, dout).reshape(-1)
-        grad_normed = dout * gamma
-        grad_rows = inv_std * (grad_normed - ops.matmul(grad_normed, self.row_mean)
-                               - normed * ops.matmul(grad_normed * normed, self.row_mean))
-        return grad_rows, grad_gamma, grad_beta
-
-
-class LayerNorm(nn.LayerNorm):
-    """(x - mean) / sqrt(var + eps) * gamma + beta over the last axis, in float32: `nn.LayerNorm`,
-    with its forward kernel, its parameters and its place in mixed precision's float32 list, but
-    a backward pass written for the CPU. There MindSpore's LayerNormGrad kernel took a fifth of a
-    `small` train step at 2048 tokens (benchmarks/profile_train.py). `make_norm` uses it on CPU only.
-    """
-
-    def __init__(self, d_model: int, eps: float = 1e-5):
-        super().__init__((d_model,), epsilon=eps)
-        self.d_model = d_model
-        self.rows = _RowLayerNorm(d_model, eps)
-
-    def construct(self, x):
-        """(..., D) -> (..., D)."""
-        rows = x.reshape(-1, self.d_model).astype(ms.float32)
-        return self.rows(rows, self.gamma, self.beta).astype(x.dtype).reshape(x.shape)
-
-
 def make_norm(kind: str, d_model: int, eps: float = 1e-5) -> nn.Cell:
-    """"layernorm" or "rmsnorm" over the last axis. LayerNorm is `mindtrans.layers.LayerNorm` on
-    CPU and `nn.LayerNorm` elsewhere (its fused backward kernel): the same forward and parameters."""
+    """"layernorm" or "rmsnorm" over the last axis."""
     if kind == "layernorm":
-        if ms.get_context("device_target") == "CPU":
-            return LayerNorm(d_model, eps)
         return nn.LayerNorm((d_model,), epsilon=eps)
     if kind == "rmsnorm":
         return RMSNorm(d_model, eps)
