@@ -171,22 +171,17 @@ class PackedBatcher:
     batches; the plan depends only on ``seed`` and ``epoch``. Planning an epoch looks at
     every row for every pair: about a second for Multi30k's 29,000 pairs, too slow for
     corpora of millions, which should use ``BucketBatcher``.
-
-    With ``resample`` (epoch -> the same pairs encoded afresh, e.g. ``SampledPieces``) each
-    epoch packs its own encoding, and ``collate`` reads the last planned one. Rows keep the
-    length of ``encoded_pairs``: a pair whose new pieces overflow a row keeps its old ones.
-    The number of batches is the fewest that hold epoch 0's encoding; a longer epoch may
-    leave a few pairs out (``left_out``).
     """
 
     def __init__(self, encoded_pairs, batch_tokens: int = 4096, length: int | None = None, shuffle: bool = True,
-                 seed: int = 0, resample=None):
+                 seed: int = 0):
         if not encoded_pairs:
             raise ValueError("no pairs to batch")
         if seed < 0:
             raise ValueError(f"seed must be non-negative, got {seed}")
-        self.base_pairs = list(encoded_pairs)
-        self._use(self.base_pairs)
+        self.pairs = list(encoded_pairs)
+        self.src_lens = np.array([len(s) for s, _ in self.pairs])
+        self.tgt_lens = np.array([len(t) - 1 for _, t in self.pairs])  # decoder input: <bos> .. last word
         longest = int(max(self.src_lens.max(), self.tgt_lens.max()))
         self.length = int(length) if length is not None else -(-longest // 8) * 8
         if self.length < longest:
@@ -196,22 +191,9 @@ class PackedBatcher:
             raise ValueError(f"batch_tokens={batch_tokens} cannot hold one row of {self.length} positions; "
                              f"raise batch_tokens to at least {self.length}")
         self.rows = batch_tokens // self.length
-        self.batch_tokens, self.shuffle, self.seed, self.resample = batch_tokens, shuffle, seed, resample
-        if resample is not None:
-            self._use(self._resampled(0))
+        self.batch_tokens, self.shuffle, self.seed = batch_tokens, shuffle, seed
         self.num_batches = self._fewest_batches()
         self.left_out = 0
-
-    def _use(self, pairs) -> None:
-        """Batch these encoded pairs (the same pairs as `base_pairs`, in the same order)."""
-        self.pairs = list(pairs)
-        self.src_lens = np.array([len(s) for s, _ in self.pairs])
-        self.tgt_lens = np.array([len(t) - 1 for _, t in self.pairs])  # decoder input: <bos> .. last word
-
-    def _resampled(self, epoch: int) -> list:
-        """`resample(epoch)`, except that a pair whose new pieces overflow a row keeps its base ones."""
-        return [(s, t) if len(s) <= self.length and len(t) - 1 <= self.length else base
-                for (s, t), base in zip(self.resample(epoch), self.base_pairs)]
 
     def __len__(self) -> int:
         """Batches per epoch (the same every epoch)."""
@@ -227,8 +209,6 @@ class PackedBatcher:
         A pair that fits in no row (possible only with very uneven lengths) sits this
         epoch out; ``left_out`` then counts it.
         """
-        if self.resample is not None:
-            self._use(self._resampled(epoch))
         rng = np.random.default_rng([self.seed, epoch])
         order = rng.permutation(len(self.pairs)) if self.shuffle else np.arange(len(self.pairs))
         rows, self.left_out = self._pack(order, self.num_batches)

@@ -11,17 +11,12 @@ text (MindSpore's ``dataset.text.SentencePieceTokenizer`` only encodes, inside a
 pipeline) and its model file is the same everywhere. It is stored inside the vocabulary JSON
 file (base64), so a bundle keeps its usual four files.
 """
-from __future__ import annotations
-
 import base64
 import io
 import json
 import re
-from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
-
-from mindtrans.data import BOS, EOS, PAD, SPECIALS, UNK, EncodedPairs, Vocab, encode_pairs, tokenize
+from mindtrans.data import BOS, EOS, PAD, SPECIALS, UNK, Vocab, tokenize
 from mindtrans.files import atomic_write_text, first_line
 
 FORMAT = "mindtrans.subword"
@@ -66,11 +61,8 @@ class SubwordVocab:
     def __repr__(self) -> str:
         return f"SubwordVocab(size={len(self)})"
 
-    def encode_text(self, text: str, dropout: float = 0.0) -> list:
-        """A raw sentence -> piece ids (no <bos>/<eos>). With `dropout` > 0 each merge is skipped
-        with that probability (BPE-dropout), so the same text gets different, shorter pieces."""
-        if dropout:
-            return self.processor.encode(text, enable_sampling=True, alpha=dropout, nbest_size=-1)
+    def encode_text(self, text: str) -> list:
+        """A raw sentence -> piece ids (no <bos>/<eos>)."""
         return self.processor.encode(text)
 
     def decode_text(self, ids) -> str:
@@ -103,34 +95,6 @@ class SubwordVocab:
         if payload.get("size") != len(vocab):
             raise ValueError(f"{path} says size {payload.get('size')} but its model has {len(vocab)} pieces")
         return vocab
-
-
-class SampledPieces:
-    """Training pairs given new pieces every epoch: BPE-dropout (Provilkov et al., 2020), a
-    regularizer that shows the model many segmentations of each word.
-
-    ``sampled(epoch)`` encodes every pair with merge dropout ``dropout`` (``encode_pairs``
-    framing); the pieces depend only on ``seed`` and ``epoch``, so a resumed epoch sees the
-    batches it would have seen. Validation and translation keep the deterministic pieces.
-    """
-
-    def __init__(self, pairs, vocab: SubwordVocab, dropout: float, max_len: int | None = None, seed: int = 0):
-        if not 0 < dropout < 1:
-            raise ValueError(f"subword dropout must be in (0, 1), got {dropout}")
-        self.pairs, self.vocab, self.dropout, self.max_len, self.seed = list(pairs), vocab, dropout, max_len, seed
-
-    def __call__(self, epoch: int) -> EncodedPairs:
-        # SentencePiece samples from one generator per thread, seeded when the thread first
-        # samples: a fresh thread after `set_random_generator_seed` makes the draw repeatable.
-        import sentencepiece
-
-        sentencepiece.set_random_generator_seed(int(np.random.default_rng([self.seed, epoch]).integers(2 ** 31)))
-        with ThreadPoolExecutor(max_workers=1) as fresh_thread:
-            return fresh_thread.submit(encode_pairs, self.pairs, self, self, self.max_len).result()
-
-    def encode_text(self, text: str) -> list:
-        """One sampled segmentation of `text` (what `encode_pairs` asks of a vocabulary)."""
-        return self.vocab.encode_text(text, self.dropout)
 
 
 def is_subword_file(path) -> bool:

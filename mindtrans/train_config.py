@@ -50,9 +50,6 @@ class TrainConfig:
                                 "SentencePiece model for both languages, on cased text (no <unk>, cased output)",
                         choices=("word", "subword"))
     subword_size: int = option(8000, "pieces in the joint subword vocabulary (with --vocab subword)")
-    subword_dropout: float = option(0.0, "BPE-dropout: each merge in a training sentence is skipped with this "
-                                         "probability, so its pieces change every epoch (with --vocab subword "
-                                         "and packed batches; 0: off)")
     share_embeddings: bool = option(False, "one embedding table for source, target and output projection "
                                            "(needs --vocab subword)")
     max_len: int = option(128, "longest sentence in tokens, <bos>/<eos> included; longer ones are cut")
@@ -81,12 +78,6 @@ class TrainConfig:
                              f"{self.lr}, {self.clip_norm} and {self.label_smoothing}")
         if self.subword_size < 300:  # 256 byte pieces, the specials and a corpus's characters
             raise ValueError(f"--subword-size must be at least 300, got {self.subword_size}")
-        if self.subword_dropout and (self.vocab != "subword" or not 0 < self.subword_dropout < 1):
-            raise ValueError(f"--subword-dropout must be in [0, 1) and needs --vocab subword, got "
-                             f"{self.subword_dropout} with --vocab {self.vocab}")
-        if self.subword_dropout and not (self.pack and self.accum_steps == 1):
-            raise ValueError("--subword-dropout re-packs every epoch, so it needs packed batches: drop --no-pack "
-                             "and --accum-steps")
         if self.share_embeddings and self.vocab != "subword":
             raise ValueError("--share-embeddings needs one vocabulary for both languages: add --vocab subword")
         if self.dropout is not None and not 0 <= self.dropout < 1:

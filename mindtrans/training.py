@@ -30,7 +30,7 @@ from mindtrans.batching import BucketBatcher, PackedBatcher
 from mindtrans.config import TransformerConfig
 from mindtrans.corpus import ensure_corpus, explain_corpus, resolve_corpus
 from mindtrans.data import Vocab, encode_pairs, load_split
-from mindtrans.subword import SampledPieces, build_vocabs, load_vocab
+from mindtrans.subword import build_vocabs, load_vocab
 from mindtrans.device import select_device
 from mindtrans.model import Transformer
 from mindtrans.rundir import RunDir
@@ -66,18 +66,12 @@ class StopSignals:
 def make_batcher(pairs, src_vocab, tgt_vocab, cfg: TrainConfig, shuffle: bool, num_shards=1, shard_id=0,
                  packed: bool = False):
     """Encoded batches: length-bucketed (training drops ragged remainders so every batch shape
-    repeats), or with `packed` several pairs to a row in batches of one shape (`PackedBatcher`),
-    whose training pairs get new pieces every epoch with `cfg.subword_dropout`."""
+    repeats), or with `packed` several pairs to a row in batches of one shape (`PackedBatcher`)."""
     encoded = encode_pairs(pairs, src_vocab, tgt_vocab, max_len=cfg.max_len)
-    sampling = shuffle and cfg.subword_dropout > 0
-    if sampling and not packed:
-        raise ValueError("--subword-dropout needs packed batches, which need one process: run without msrun")
     if packed:
         if num_shards != 1:
             raise ValueError("packed batches are for a single process; shard bucketed batches instead")
-        resample = SampledPieces(pairs, src_vocab, cfg.subword_dropout, cfg.max_len, cfg.seed) if sampling else None
-        return PackedBatcher(encoded, batch_tokens=cfg.batch_tokens, shuffle=shuffle, seed=cfg.seed,
-                             resample=resample)
+        return PackedBatcher(encoded, batch_tokens=cfg.batch_tokens, shuffle=shuffle, seed=cfg.seed)
     return BucketBatcher(encoded, batch_tokens=cfg.batch_tokens, max_len=cfg.max_len, shuffle=shuffle,
                          seed=cfg.seed, drop_remainder=shuffle, num_shards=num_shards, shard_id=shard_id)
 

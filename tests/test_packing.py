@@ -1,6 +1,5 @@
 """Packed rows: several sentence pairs per row, one batch shape, the same maths as one pair alone."""
 import dataclasses
-from collections import Counter
 
 import mindspore as ms
 import numpy as np
@@ -157,36 +156,6 @@ def test_packed_train_step_equals_the_bucketed_step_on_the_same_pairs(tiny_confi
     assert loss_p == pytest.approx(loss_b, rel=1e-5) and nll_p == pytest.approx(nll_b, rel=1e-5)
     for name in params_p:
         np.testing.assert_allclose(params_p[name], params_b[name], rtol=0, atol=1e-5, err_msg=name)
-
-
-def segments_of(batcher, batch) -> list:
-    """The source ids of every pair a collated batch holds, as tuples."""
-    src, src_seg = batcher.collate(batch)[:2]
-    return [tuple(src[r][src_seg[r] == k]) for r in range(len(src)) for k in range(1, src_seg[r].max() + 1)]
-
-
-def test_a_resampled_epoch_packs_its_own_pieces():
-    base = random_pairs(200, high=8, seed=1)
-
-    def resample(epoch):  # each epoch repeats some words; pair 0 grows longer than a row
-        rng = np.random.default_rng(epoch)
-        grown = [(np.concatenate([s[:1], np.repeat(s[1:-1], rng.integers(1, 3, len(s) - 2)), s[-1:]]), t)
-                 for s, t in base]
-        grown[0] = (np.array([BOS, *[5] * 40, EOS], dtype=np.int32), base[0][1])
-        return grown
-
-    batcher = PackedBatcher(base, batch_tokens=128, resample=resample)
-    assert batcher.length == PackedBatcher(base, batch_tokens=128).length == 16  # rows keep the base length
-    assert len(batcher) > len(PackedBatcher(base, batch_tokens=128))  # longer pairs need more batches
-    for epoch in range(3):
-        # a pair whose new pieces overflow a row (pair 0 always) keeps its base pieces
-        expected = [tuple(s if len(s) <= 16 else b) for (s, _), (b, _) in zip(resample(epoch), base)]
-        assert expected[0] == tuple(base[0][0])
-        laid_out = [pair for batch in batcher.plan(epoch) for pair in segments_of(batcher, batch)]
-        assert len(laid_out) + batcher.left_out == len(base) and batcher.left_out <= 2
-        assert not Counter(laid_out) - Counter(expected)  # each pair once, with this epoch's pieces
-    first = [segments_of(batcher, b) for b in batcher.plan(1)]
-    assert first == [segments_of(batcher, b) for b in batcher.plan(1)]  # the plan depends on (seed, epoch) only
 
 
 # --------------------------------------------------------------------------- training

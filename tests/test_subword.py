@@ -14,8 +14,7 @@ from mindtrans.data import BOS, EOS, PAD, SPECIALS, UNK
 from mindtrans.decode import Translator
 from mindtrans.model import Transformer
 from mindtrans.params import count_parameters, estimate_parameters
-from mindtrans.data import encode_pairs
-from mindtrans.subword import SampledPieces, SubwordVocab, build_vocabs, load_vocab
+from mindtrans.subword import SubwordVocab, build_vocabs, load_vocab
 from mindtrans.train_config import TrainConfig
 
 PAIRS = synthetic_pairs(400, seed=11) + [("Paris und McDonald.", "Paris and McDonald.")] * 3
@@ -50,40 +49,6 @@ def test_an_unseen_compound_has_no_unk(vocab):
 def test_training_is_deterministic(vocab):
     again, _ = build_vocabs(PAIRS, "subword", size=500)
     assert again.model_proto == vocab.model_proto
-
-
-def test_subword_dropout_gives_the_same_text_new_pieces_every_epoch(vocab):
-    pairs = PAIRS[:60]
-    sampled = SampledPieces(pairs, vocab, dropout=0.2, max_len=64, seed=3)
-    first, again, second = sampled(0), sampled(0), sampled(1)
-
-    def same(a, b):
-        return all(np.array_equal(x, y) for pa, pb in zip(a, b) for x, y in zip(pa, pb))
-
-    assert same(first, again)  # the same (seed, epoch): the same pieces, so a resumed epoch is exact
-    assert not same(first, second) and not same(first, SampledPieces(pairs, vocab, 0.2, 64, seed=4)(0))
-    plain = encode_pairs(pairs, vocab, vocab, 64)
-    assert sum(len(s) + len(t) for s, t in first) > sum(len(s) + len(t) for s, t in plain)  # merges skipped
-    for (src_ids, tgt_ids), (src, tgt) in zip(first, pairs):
-        assert src_ids[0] == tgt_ids[0] == BOS and src_ids[-1] == tgt_ids[-1] == EOS
-        assert (vocab.decode_text(src_ids[1:]), vocab.decode_text(tgt_ids[1:])) == (src, tgt)
-
-
-@pytest.mark.parametrize("dropout", [0.0, 1.0, -0.1])
-def test_subword_dropout_outside_0_1_is_refused(vocab, dropout):
-    with pytest.raises(ValueError, match="subword dropout must be in"):
-        SampledPieces(PAIRS, vocab, dropout)
-
-
-@pytest.mark.parametrize("kwargs, message", [
-    ({"subword_dropout": 0.1}, "needs --vocab subword"),
-    ({"vocab": "subword", "subword_dropout": 1.0}, r"must be in \[0, 1\)"),
-    ({"vocab": "subword", "subword_dropout": 0.1, "pack": False}, "needs packed batches"),
-    ({"vocab": "subword", "subword_dropout": 0.1, "accum_steps": 2}, "needs packed batches"),
-])
-def test_subword_dropout_flags_that_cannot_work_are_refused(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        TrainConfig(**kwargs)
 
 
 def test_saved_inside_the_vocabulary_file(vocab, tmp_path):
@@ -212,12 +177,10 @@ def test_a_subword_run_trains_resumes_and_translates_cased(tmp_path):
 
     write_synthetic(tmp_path, n_train=300, n_val=20, n_test=20)
     cfg = TrainConfig(preset="tiny", corpus="synthetic", vocab="subword", subword_size=400, share_embeddings=True,
-                      subword_dropout=0.1, epochs=1, max_steps=3, batch_tokens=512, warmup_steps=2, max_len=32,
-                      mode="pynative")
+                      epochs=1, max_steps=3, batch_tokens=512, warmup_steps=2, max_len=32, mode="pynative")
     train(tmp_path, tmp_path / "run", cfg, verbose=False)
     more = train(tmp_path, tmp_path / "run", TrainConfig(max_steps=5), resume=True, verbose=False)
     assert more["steps"] == 5
     bundle = load_bundle(tmp_path / "run")
     assert isinstance(bundle.tgt_vocab, SubwordVocab) and bundle.config.share_embeddings
-    saved = json.loads((tmp_path / "run" / "train_config.json").read_text())["train"]
-    assert (saved["vocab"], saved["subword_dropout"]) == ("subword", 0.1)
+    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["train"]["vocab"] == "subword"
