@@ -187,6 +187,16 @@ def main():
         raise SystemExit(f"{len(failed)} of {len(results)} configurations failed (see their output above)")
 
 
+def last_json(output: str):
+    """The JSON object on the last line of a child's output, or None (no output, or not JSON)."""
+    lines = output.strip().splitlines()
+    try:
+        result = json.loads(lines[-1]) if lines else None
+    except json.JSONDecodeError:
+        return None
+    return result if isinstance(result, dict) else None
+
+
 def sweep(lines, parallel, data_dir):
     """Train the configurations (JSON lines) `parallel` at a time; one that fails (out of memory,
     say) is recorded as {"config": its line, "failed"} and the others go on."""
@@ -198,7 +208,7 @@ def sweep(lines, parallel, data_dir):
         if len(running) == parallel or (line is None and running):
             line_run, child = running.pop(0)
             output, _ = child.communicate()
-            result = json.loads(output.strip().splitlines()[-1]) if not child.returncode and output.strip() else None
+            result = last_json(output) if not child.returncode else None
             results.append(result or {"config": line_run, "failed": f"exit {child.returncode}, no result"})
             print(json.dumps(results[-1]), flush=True)
     return results
