@@ -90,7 +90,8 @@ def main():
     val_scores = {f"beam{args.beam}": {key: val[key] for key in ("sacrebleu", "bleu_tokenized", "translate_seconds")},
                   "loss": val["loss"]}
     scores = {}
-    for name, beam in () if args.validation_only else (("greedy", 1), (f"beam{args.beam}", args.beam)):
+    test_searches = () if args.validation_only else (("greedy", 1), (f"beam{args.beam}", args.beam))
+    for name, beam in test_searches:
         result = evaluate_bundle(bundle, data_dir, "test2016", train_info["corpus"], beam_size=beam, alpha=args.alpha)
         scores[name] = {key: result[key] for key in ("sacrebleu", "bleu_tokenized", "translate_seconds")}
         scores["sacrebleu_signature"] = result["sacrebleu_signature"]
