@@ -27,23 +27,25 @@ demo: $(STAMP)
 	$(VENV)/bin/mindtrans demo
 
 # Unit tests run one test file per worker (pytest-xdist), as many workers as cores.
-# Lessons run in fast mode, each from notebooks/ as its working directory; nbval-lax
-# compares only the cells marked `# NBVAL_CHECK_OUTPUT` (after notebooks/nbval_sanitize.cfg).
-# Then tests/browser opens each lesson in JupyterLab in headless Chromium, runs all cells
-# (fast mode too: the kernels inherit it from the server) and saves screenshots to
-# artifacts/screenshots/. It needs Debian's chromium and Playwright, installed once
-# (scripts/install_browser_deps.sh); where they cannot be, it is reported as skipped.
-# The lessons keep about one core busy, so the compatibility suite (below) runs beside them,
-# into a log that is printed when both are done; either failing fails the target.
+# Then three suites run side by side, each keeping about one core busy (their tests mostly
+# compile or run one kernel at a time): nbval over the lessons in fast mode, each from
+# notebooks/ as its working directory (nbval-lax compares only the cells marked
+# `# NBVAL_CHECK_OUTPUT`, after notebooks/nbval_sanitize.cfg); tests/browser, which opens each
+# lesson in JupyterLab in headless Chromium, runs all cells (fast mode too: the kernels inherit
+# it from the server) and saves screenshots to artifacts/screenshots/ (it needs Debian's
+# chromium and Playwright, installed once by scripts/install_browser_deps.sh; where they cannot
+# be, it is reported as skipped); and the compatibility suite (below). The last two write logs
+# that are printed when all three are done; any one failing fails the target.
 test: $(STAMP) $(BROWSER_STAMP)
 	$(PY) -m pytest tests --ignore=tests/browser -n auto --dist loadfile
 	@scripts/test_compat.sh > $(VENV)/test-compat.log 2>&1 & compat=$$!; \
-	echo "compatibility suite running beside the lessons (log: $(VENV)/test-compat.log)"; \
+	MINDTRANS_FAST=1 $(PY) -m pytest tests/browser > $(VENV)/test-browser.log 2>&1 & browser=$$!; \
+	echo "browser and compatibility suites running beside the lessons (logs: $(VENV)/test-browser.log, $(VENV)/test-compat.log)"; \
 	MINDTRANS_FAST=1 $(PY) -m pytest --nbval-lax --nbval-current-env \
-		--nbval-sanitize-with notebooks/nbval_sanitize.cfg --nbval-cell-timeout 600 notebooks && \
-	MINDTRANS_FAST=1 $(PY) -m pytest tests/browser; lessons=$$?; \
-	wait $$compat; compat_status=$$?; cat $(VENV)/test-compat.log; \
-	test $$lessons -eq 0 && test $$compat_status -eq 0
+		--nbval-sanitize-with notebooks/nbval_sanitize.cfg --nbval-cell-timeout 600 notebooks; lessons=$$?; \
+	wait $$browser; browser_status=$$?; wait $$compat; compat_status=$$?; \
+	cat $(VENV)/test-browser.log $(VENV)/test-compat.log; \
+	test $$lessons -eq 0 && test $$browser_status -eq 0 && test $$compat_status -eq 0
 
 # The model, train-step, decode and CLI tests on MindSpore 2.0.0 (Python 3.9) and 2.7.0
 # (Python 3.10), in venvs cached under ~/.cache/mindtrans/compat (scripts/test_compat.sh).
