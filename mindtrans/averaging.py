@@ -45,6 +45,11 @@ def validation_bleu(model, val_pairs, src_vocab, tgt_vocab) -> float:
     return tokenized_bleu([tgt_vocab.words(h) for h in ids], [tokenize(tgt) for _, tgt in val_pairs])
 
 
+def same_weights(a: dict, b: dict) -> bool:
+    """Whether two name -> array dicts hold the same names and bit-identical values."""
+    return a.keys() == b.keys() and all(np.array_equal(a[name], b[name]) for name in a)
+
+
 def set_weights(model, arrays: dict) -> None:
     for param in model.get_parameters():
         param.set_data(ms.Tensor(arrays[param.name]).astype(param.dtype))
@@ -67,12 +72,18 @@ def candidate_weights(model, run: RunDir, last: int) -> dict:
 def publish_best_weights(model, run: RunDir, last: int, val_pairs, val_batches, vocabs, step: int,
                          verbose: bool) -> dict:
     """Compare `candidate_weights` by validation BLEU (greedy); save the winner as model.ckpt.
-    Returns each candidate's validation loss and BLEU, and which was published."""
-    scores, best = {}, None
+    Returns each candidate's validation loss and BLEU, and which was published. A candidate
+    with the same weights as an earlier one gets that one's scores without a second pass."""
+    scores, best, scored = {}, None, []
     for name, arrays in candidate_weights(model, run, last).items():
-        set_weights(model, arrays)
-        scores[name] = {"val_loss": validation_loss(model, val_batches)["loss"],
-                        "val_bleu": validation_bleu(model, val_pairs, *vocabs)}
+        twin = next((earlier for earlier, weights in scored if same_weights(weights, arrays)), None)
+        if twin is None:  # e.g. the last weights are often the lowest-loss checkpoint: scored once
+            set_weights(model, arrays)
+            scores[name] = {"val_loss": validation_loss(model, val_batches)["loss"],
+                            "val_bleu": validation_bleu(model, val_pairs, *vocabs)}
+            scored.append((name, arrays))
+        else:
+            scores[name] = dict(scores[twin])
         if verbose:
             print(f"{name}: val loss {scores[name]['val_loss']:.3f}, val BLEU (greedy) {scores[name]['val_bleu']:.2f}")
         if best is None or scores[name]["val_bleu"] > scores[best[0]]["val_bleu"]:  # a tie keeps the earlier

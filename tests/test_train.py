@@ -18,9 +18,9 @@ import pytest
 from mindspore import nn
 
 import mindtrans
-from mindtrans import checkpoint
+from mindtrans import averaging, checkpoint
 from mindtrans import training as train_module
-from mindtrans.averaging import average_weights, validation_bleu
+from mindtrans.averaging import average_weights, keep_epoch_weights, validation_bleu
 from mindtrans.batching import BucketBatcher
 from mindtrans.bundle import load_bundle
 from mindtrans.config import TransformerConfig
@@ -526,6 +526,31 @@ def test_a_run_stopped_inside_an_epoch_averages_its_last_weights_too(data_dir, t
     latest, _ = load(out / "latest.ckpt")
     assert extra["epoch"] == 3 and summary["steps"] == 2 * BATCHES_PER_EPOCH + 3
     assert_same_state(last, {name: latest[name] for name in last}, atol=0)
+
+
+def test_candidates_with_the_same_weights_are_scored_once(tmp_path, monkeypatch):
+    pairs = synthetic_pairs(12, seed=3)
+    src_vocab = Vocab.build((tokenize(s) for s, _ in pairs), min_freq=1)
+    tgt_vocab = Vocab.build((tokenize(t) for _, t in pairs), min_freq=1)
+    ms.set_seed(0)
+    model = Transformer(TransformerConfig.preset("tiny", max_len=32).with_vocab(len(src_vocab), len(tgt_vocab)))
+    run = RunDir(tmp_path / "run")
+    keep_epoch_weights(model, run, 1, keep=2)
+    for param in model.get_parameters():  # epoch 2 moved every weight
+        param.set_data(param + 0.01)
+    keep_epoch_weights(model, run, 2, keep=2)
+    checkpoint.atomic_save(model, run.model)  # the lowest-loss checkpoint is the last weights
+    scored = []
+    monkeypatch.setattr(averaging, "validation_bleu", lambda *args: scored.append(args) or 10.0 * len(scored))
+    val_batches = BucketBatcher(encode_pairs(pairs, src_vocab, tgt_vocab, max_len=32), batch_tokens=256,
+                                max_len=32, shuffle=False)
+    result = averaging.publish_best_weights(model, run, 2, pairs, val_batches, (src_vocab, tgt_vocab), step=2,
+                                            verbose=False)
+    candidates = result["candidates"]
+    assert set(candidates) == {"lowest validation loss", "last", "mean of epochs 1-2"}
+    assert len(scored) == 2  # the mean, and the one set of weights behind the other two names
+    assert candidates["last"] == candidates["lowest validation loss"] != candidates["mean of epochs 1-2"]
+    assert result["published"] == "mean of epochs 1-2"  # scored second: the higher BLEU of the stub
 
 
 def test_average_last_must_be_zero_or_at_least_two():
