@@ -73,6 +73,7 @@ lab: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_train.py --out benchmarks/results/bench_train.json
 	$(PY) benchmarks/profile_train.py --out benchmarks/results/profile_train.json
+	$(PY) benchmarks/bench_validation.py --out benchmarks/results/bench_validation.json
 	$(PY) benchmarks/bench_decode.py $(if $(wildcard runs/04_translation/model.ckpt),--bundle runs/04_translation) \
 		--out benchmarks/results/bench_decode.json
 	$(if $(wildcard runs/04_translation/model.ckpt),$(PY) benchmarks/profile_decode.py --bundle runs/04_translation \
