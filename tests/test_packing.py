@@ -134,18 +134,20 @@ def test_packed_logits_equal_each_pair_translated_alone(tiny_config):
 
 
 def test_packed_train_step_equals_the_bucketed_step_on_the_same_pairs(tiny_config):
+    """The compiled packed step (what train() runs) against the eager bucketed one: one graph to
+    compile, and the packing and the compiler are checked against the plainest step at once."""
     pairs = random_pairs(20, vocab=40, seed=4)
     packed_batcher = PackedBatcher(pairs, batch_tokens=16 * 16, seed=1)
     assert len(packed_batcher) == 1
     bucketed = BucketBatcher(pairs, batch_tokens=10_000, max_len=16, boundaries=(16,), shuffle=False)
-    cfg = TrainConfig(preset="tiny", label_smoothing=0.1)
     results = {}
-    for kind in ("packed", "bucketed"):
+    for kind, mode in (("packed", "graph"), ("bucketed", "pynative")):
         ms.set_seed(0)
         model = Transformer(tiny_config)
         model.set_train(True)
         optimizer = nn.Adam(model.trainable_params(), learning_rate=1e-3)
-        step = make_train_step(model, optimizer, cfg, packed=kind == "packed")
+        step = make_train_step(model, optimizer, TrainConfig(preset="tiny", label_smoothing=0.1, mode=mode),
+                               packed=kind == "packed")
         batcher = packed_batcher if kind == "packed" else bucketed
         arrays = batcher.collate(batcher.plan(0)[0])
         loss, nll_sum, tokens, finite = step(*(ms.Tensor(a) for a in arrays))
@@ -188,7 +190,7 @@ def test_runs_saved_before_packing_resume_with_bucketed_batches(data_dir, tmp_pa
     from mindtrans import training as train_module
 
     cfg = TrainConfig(preset="tiny", corpus="synthetic", epochs=1, batch_tokens=64, max_len=8, min_freq=1,
-                      pack=False, max_steps=2)
+                      pack=False, max_steps=2, mode="pynative")  # which batcher resumes: no graph needed
     out = tmp_path / "run"
     train(data_dir, out, cfg, verbose=False)
     saved = json.loads((out / "train_config.json").read_text())

@@ -240,7 +240,7 @@ def test_resume_needs_a_latest_checkpoint(data_dir, tmp_path):
 
 
 def test_heads_and_dropout_flags_override_the_preset(data_dir, tmp_path):
-    run_train(data_dir, tmp_path / "run", max_steps=1, heads=2, dropout=0.05)
+    run_train(data_dir, tmp_path / "run", max_steps=1, heads=2, dropout=0.05, mode="pynative")  # no graph needed
     config = json.loads((tmp_path / "run" / RunDir.CONFIG).read_text())
     assert (config["n_heads"], config["dropout"]) == (2, 0.05)  # the tiny preset's: 4 heads, dropout 0
     with pytest.raises(ValueError, match="--heads must be at least 1, got 0"):
@@ -468,7 +468,7 @@ def test_a_real_signal_mid_step_finishes_that_step_then_saves(data_dir, tmp_path
     before = signal.getsignal(signal.SIGINT)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(BucketBatcher, "collate", collate)
-        summary = run_train(data_dir, tmp_path / "run")
+        summary = run_train(data_dir, tmp_path / "run", mode="pynative")  # the signal arrives between steps
     assert summary["stopped"] == "interrupted"
     assert summary["steps"] == INTERRUPT_AT
     state, progress = load(tmp_path / "run" / "latest.ckpt")
