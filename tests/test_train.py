@@ -25,7 +25,7 @@ from mindtrans.batching import BucketBatcher
 from mindtrans.bundle import load_bundle
 from mindtrans.config import TransformerConfig
 from mindtrans.corpus import synthetic_pairs, write_synthetic
-from mindtrans.data import BOS, EOS, Vocab, detokenize, encode_pairs, load_split, tokenize
+from mindtrans.data import BOS, EOS, Vocab, build_vocabs, detokenize, encode_pairs, load_split, tokenize
 from mindtrans.decode import Translator
 from mindtrans.model import Transformer
 from mindtrans.rundir import RunDir
@@ -131,8 +131,7 @@ def interrupted_run(data_dir, tmp_path_factory):
 def test_tiny_model_overfits_eight_pairs_and_then_translates_them_exactly():
     pairs = [p for p in synthetic_pairs(200, seed=3) if len(tokenize(p[0])) <= 12 and len(tokenize(p[1])) <= 12][:8]
     assert len(pairs) == 8
-    src_vocab = Vocab.build((tokenize(s) for s, _ in pairs), min_freq=1)
-    tgt_vocab = Vocab.build((tokenize(t) for _, t in pairs), min_freq=1)
+    src_vocab, tgt_vocab = build_vocabs(pairs, min_freq=1)
     batcher = BucketBatcher(encode_pairs(pairs, src_vocab, tgt_vocab, max_len=16), batch_tokens=8 * 16,
                             boundaries=(16,), max_len=16, shuffle=True, seed=0, drop_remainder=True)
     assert batcher.shapes() == {(8, 16)}
@@ -530,8 +529,7 @@ def test_a_run_stopped_inside_an_epoch_averages_its_last_weights_too(data_dir, t
 
 def test_candidates_with_the_same_weights_are_scored_once(tmp_path, monkeypatch):
     pairs = synthetic_pairs(12, seed=3)
-    src_vocab = Vocab.build((tokenize(s) for s, _ in pairs), min_freq=1)
-    tgt_vocab = Vocab.build((tokenize(t) for _, t in pairs), min_freq=1)
+    src_vocab, tgt_vocab = build_vocabs(pairs, min_freq=1)
     ms.set_seed(0)
     model = Transformer(TransformerConfig.preset("tiny", max_len=32).with_vocab(len(src_vocab), len(tgt_vocab)))
     run = RunDir(tmp_path / "run")
