@@ -6,6 +6,7 @@ import sys
 
 from mindtrans import __version__, train_config
 from mindtrans.fetch import DEFAULT_DATA_DIR, add_fetch_arguments
+from mindtrans.rundir import RunDir
 
 
 def add_data_dir(parser):
@@ -61,7 +62,6 @@ def cmd_fetch(args):
 def cmd_train(args):
     from mindtrans import distributed
     from mindtrans.device import select_device
-    from mindtrans.rundir import RunDir
     from mindtrans.training import train
     from mindtrans.train_config import TrainConfig, from_args
 
@@ -84,7 +84,6 @@ def cmd_evaluate(args):
     from mindtrans.device import select_device
     from mindtrans.evaluate import evaluate_bundle, evaluate_files
     from mindtrans.files import atomic_write_text
-    from mindtrans.rundir import RunDir
 
     if (args.src is None) != (args.ref is None):
         raise ValueError("--src and --ref go together: the German sentences and their English references")
@@ -117,9 +116,7 @@ def _numpy_bundle(run_dir):
     try:
         return load_bundle(run_dir, engine="numpy")
     except BundleError:
-        from mindtrans.exported import is_export  # MindSpore, on this error path only
-
-        if is_export(run_dir):
+        if RunDir(run_dir).is_export():
             raise ValueError(f"{run_dir} is an exported model (MindIR), which only MindSpore runs: use "
                              "--engine mindspore, or pass the run directory it was exported from") from None
         raise
@@ -134,10 +131,10 @@ def cmd_translate(args):
         opened = _numpy_bundle(args.run_dir)
     else:
         from mindtrans.device import select_device
-        from mindtrans.exported import is_export, load_export
+        from mindtrans.exported import load_export
 
         select_device(args.device, verbose=False)
-        opened = load_export(args.run_dir) if is_export(args.run_dir) else load_bundle(args.run_dir)
+        opened = load_export(args.run_dir) if RunDir(args.run_dir).is_export() else load_bundle(args.run_dir)
     translator = opened.translator(batch_size=args.batch_size)
     translator.check_search(args.beam_size, args.alpha, len(args.sentences) or args.batch_size)
     if args.sentences:
@@ -153,11 +150,11 @@ def cmd_translate(args):
 def cmd_export(args):
     from mindtrans.device import select_device
     from mindtrans.export import export_bundle
-    from mindtrans.exported import FILES, MANIFEST
+    from mindtrans.exported import FILES
 
     select_device(args.device, verbose=False)
     out = export_bundle(args.run_dir, args.out, overwrite=args.overwrite)
-    print(f"exported {args.run_dir} to {out}: {', '.join(FILES + (MANIFEST,))}")
+    print(f"exported {args.run_dir} to {out}: {', '.join(FILES + (RunDir.MANIFEST,))}")
 
 
 def stdin_chunks(stream, size: int):

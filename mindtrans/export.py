@@ -19,8 +19,7 @@ import mindtrans
 from mindtrans.bundle import load_bundle
 from mindtrans.data import BOS, EOS
 from mindtrans.step_graph import step_function
-from mindtrans.exported import (CACHE_DTYPES, ENCODER, FILES, FORMAT, FORMAT_VERSION, MANIFEST, STEP,
-                                graph_inputs, is_export)
+from mindtrans.exported import CACHE_DTYPES, ENCODER, FILES, FORMAT, FORMAT_VERSION, STEP, graph_inputs
 from mindtrans.files import default_file_mode, first_line, sha256_file
 from mindtrans.rundir import RunDir
 
@@ -83,8 +82,8 @@ def check_target(out: Path, overwrite: bool) -> None:
         return
     if not overwrite:
         raise FileExistsError(f"--out {out} exists: pass --overwrite to replace it, or choose another directory")
-    if not out.is_dir() or (any(out.iterdir()) and not is_export(out)):
-        raise FileExistsError(f"--out {out} is not an export (no {MANIFEST}), so --overwrite does not replace "
+    if not out.is_dir() or (any(out.iterdir()) and not RunDir(out).is_export()):
+        raise FileExistsError(f"--out {out} is not an export (no {RunDir.MANIFEST}), so --overwrite does not replace "
                               f"it: choose another directory")
 
 
@@ -102,7 +101,7 @@ def export_bundle(bundle_dir, out, overwrite: bool = False) -> Path:
         write_graphs(bundle.model, work, dtype)
         for name in (RunDir.CONFIG, RunDir.SRC_VOCAB, RunDir.TGT_VOCAB):
             shutil.copyfile(bundle.path / name, work / name)
-        RunDir(work).write_json(MANIFEST, manifest(work, bundle, dtype))
+        RunDir(work).write_json(RunDir.MANIFEST, manifest(work, bundle, dtype))
         replace_directory(work, out)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)

@@ -28,7 +28,7 @@ from mindtrans.files import first_line, sha256_file
 from mindtrans.rundir import RunDir
 
 FORMAT, FORMAT_VERSION = "mindtrans-export", 1
-MANIFEST, ENCODER, STEP = "manifest.json", "encoder.mindir", "decoder_step.mindir"
+ENCODER, STEP = "encoder.mindir", "decoder_step.mindir"
 FILES = (RunDir.CONFIG, RunDir.SRC_VOCAB, RunDir.TGT_VOCAB, ENCODER, STEP)  # all that the manifest vouches for
 CACHE_DTYPES = {"float32": ms.float32, "float16": ms.float16}  # manifest.json's "cache_dtype"
 
@@ -69,18 +69,13 @@ class Export:
         return Translator(self.steps, self.src_vocab, self.tgt_vocab, **kwargs)
 
 
-def is_export(path) -> bool:
-    """Whether directory `path` holds an export (its manifest.json) rather than a bundle."""
-    return (Path(path) / MANIFEST).is_file()
-
-
 def read_manifest(path) -> dict:
     """manifest.json of export directory `path`, checked to be one this mindtrans reads."""
-    file = Path(path) / MANIFEST
+    file = Path(path) / RunDir.MANIFEST
     try:
         manifest = json.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ExportError(f"{path} has no {MANIFEST}: pass a directory written by `mindtrans export`") from None
+        raise ExportError(f"{path} has no {RunDir.MANIFEST}: pass a directory written by `mindtrans export`") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ExportError(f"{file} is not a valid manifest: {err}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
@@ -95,13 +90,13 @@ def check_files(path, manifest: dict) -> None:
     """ExportError naming the first of `FILES` that is missing or whose sha256 is not the manifest's."""
     recorded = manifest.get("files_sha256")
     if not isinstance(recorded, dict):
-        raise ExportError(f"{Path(path) / MANIFEST} has no \"files_sha256\": export the bundle again")
+        raise ExportError(f"{Path(path) / RunDir.MANIFEST} has no \"files_sha256\": export the bundle again")
     for name in FILES:
         file = Path(path) / name
         if not file.is_file():
             raise ExportError(f"export {path} is missing {name}: export the bundle again")
         if sha256_file(file) != recorded.get(name):
-            raise ExportError(f"{file} changed after it was exported (its sha256 is not the one {MANIFEST} "
+            raise ExportError(f"{file} changed after it was exported (its sha256 is not the one {RunDir.MANIFEST} "
                               f"records): restore it, or export the bundle again with --overwrite")
 
 
@@ -134,7 +129,7 @@ def load_export(path) -> Export:
     check_files(path, manifest)
     config, src_vocab, tgt_vocab = _read_config_and_vocabs(RunDir(path))
     if manifest.get("cache_dtype") not in CACHE_DTYPES:
-        raise ExportError(f"{path / MANIFEST} has cache_dtype {manifest.get('cache_dtype')!r}, not one of "
+        raise ExportError(f"{path / RunDir.MANIFEST} has cache_dtype {manifest.get('cache_dtype')!r}, not one of "
                           f"{sorted(CACHE_DTYPES)}: export the bundle again")
     inputs = graph_inputs(config, CACHE_DTYPES[manifest["cache_dtype"]])
     steps = GraphSteps(config, load_graph(path / ENCODER, inputs[ENCODER]), load_graph(path / STEP, inputs[STEP]))

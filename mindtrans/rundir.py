@@ -8,6 +8,7 @@
     latest.ckpt        the resumable training state (weights, optimizer, progress)
     log.csv, log.json  one row per epoch
     epochs/            the weights after each of the last epochs (checkpoint averaging)
+    manifest.json      only in an export (`mindtrans export`), which holds MindIR graphs instead
 
 The first four are a bundle: what translation needs (`mindtrans.bundle`). Every file is
 written to a hidden temporary name beside it and renamed into place.
@@ -34,6 +35,7 @@ class RunDir:
     LOG_JSON = "log.json"
     LOG_CSV = "log.csv"
     EPOCHS = "epochs"
+    MANIFEST = "manifest.json"  # marks an export directory (`mindtrans.exported`)
     BUNDLE = (CONFIG, SRC_VOCAB, TGT_VOCAB, MODEL)  # what translation needs
     FILES = BUNDLE + (TRAIN_CONFIG, METADATA, LATEST, LOG_JSON, LOG_CSV)
 
@@ -53,6 +55,10 @@ class RunDir:
     @property
     def model(self) -> Path:
         return self.path / self.MODEL
+
+    def is_export(self) -> bool:
+        """Whether this directory holds an export (its manifest.json) rather than a run or a bundle."""
+        return (self.path / self.MANIFEST).is_file()
 
     def epoch_checkpoint(self, epoch: int) -> Path:
         """epochs/epoch_NNN.ckpt: the weights after `epoch` (1-based)."""

@@ -14,8 +14,9 @@ from mindtrans.bundle import load_bundle
 from mindtrans.cli import main
 from mindtrans.corpus import write_synthetic
 from mindtrans.step_graph import ModelSteps
-from mindtrans.exported import ENCODER, FILES, MANIFEST, STEP, ExportError, load_export
+from mindtrans.exported import ENCODER, FILES, STEP, ExportError, load_export
 from mindtrans.files import sha256_file
+from mindtrans.rundir import RunDir
 from mindtrans.train_config import TrainConfig
 from mindtrans.training import train
 
@@ -55,8 +56,8 @@ def exported(bundle):
 
 
 def test_an_export_holds_the_graphs_vocabularies_config_and_a_manifest(exported):
-    assert sorted(path.name for path in exported.iterdir()) == sorted(FILES + (MANIFEST,))
-    manifest = json.loads((exported / MANIFEST).read_text())
+    assert sorted(path.name for path in exported.iterdir()) == sorted(FILES + (RunDir.MANIFEST,))
+    manifest = json.loads((exported / RunDir.MANIFEST).read_text())
     assert manifest["files_sha256"] == {name: sha256_file(exported / name) for name in FILES}
     assert {"format_version", "mindtrans_version", "mindspore_version", "python"} <= set(manifest)
     assert manifest["cache_dtype"] == "float32"
@@ -119,11 +120,11 @@ def test_overwrite_swaps_the_new_export_in_whole(tmp_path):
     old, new = tmp_path / "export", tmp_path / ".export.1234.tmp"
     for directory, text in ((old, "old"), (new, "new")):
         directory.mkdir()
-        (directory / MANIFEST).write_text(text)
+        (directory / RunDir.MANIFEST).write_text(text)
     (old / "stale.bin").write_text("")
     replace_directory(new, old)
     assert [path.name for path in tmp_path.iterdir()] == ["export"]
-    assert [path.name for path in old.iterdir()] == [MANIFEST] and (old / MANIFEST).read_text() == "new"
+    assert [path.name for path in old.iterdir()] == [RunDir.MANIFEST] and (old / RunDir.MANIFEST).read_text() == "new"
 
 
 def test_a_graph_mindspore_cannot_export_fails_in_one_line_and_leaves_nothing(bundle, tmp_path, monkeypatch, capsys):

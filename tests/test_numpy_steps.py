@@ -155,13 +155,12 @@ def test_cli_numpy_engine_refuses_another_device(bundle):
     assert "error: --engine numpy runs on the CPU: drop --device GPU" in done.stderr
 
 
-def test_cli_numpy_engine_says_an_export_needs_mindspore(tmp_path):
-    from mindtrans.exported import MANIFEST
-
+def test_cli_numpy_engine_says_an_export_needs_mindspore_without_importing_it(tmp_path):
     export = tmp_path / "export"
     export.mkdir()
-    (export / MANIFEST).write_text("{}")
+    (export / RunDir.MANIFEST).write_text("{}")
     done = run_cli("translate", export, "--engine", "numpy", "Hallo")
     assert done.returncode == 1
     assert f"error: {export} is an exported model (MindIR), which only MindSpore runs: use --engine mindspore" \
         in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "no mindspore"
