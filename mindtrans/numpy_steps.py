@@ -100,10 +100,13 @@ class NumpySteps(Steps):
         self.output = "decoder.embed.embedding.embedding_table" if config.tie_embeddings else "generator.weight"
         # x W^T with W^T stored once, contiguous: each product is then one plain GEMM; the embedding
         # tables stay as they are for lookups (a tied one is kept both ways)
-        self.transposed = {name: np.ascontiguousarray(w.T) for name, w in weights.items()
-                           if (w.ndim == 2 and not name.endswith("embedding_table")) or name == self.output}
-        self.weights = {name: w for name, w in weights.items()
-                        if name not in self.transposed or name.endswith("embedding_table")}
+        self.transposed, self.weights = {}, {}
+        for name, w in weights.items():
+            is_table = name.endswith("embedding_table")
+            if (w.ndim == 2 and not is_table) or name == self.output:
+                self.transposed[name] = np.ascontiguousarray(w.T)
+            if w.ndim != 2 or is_table:  # biases, norms, lookup tables
+                self.weights[name] = w
         self.source_table = self.weights["decoder.embed.embedding.embedding_table" if config.share_embeddings
                                          else "encoder.embed.embedding.embedding_table"]
         self.positions = sinusoidal_table(config.max_len, config.d_model)
