@@ -1,5 +1,8 @@
-"""Helpers shared by the benchmarks: data location, matmul roofline, peak memory."""
+"""Helpers shared by the benchmarks: data location, matmul roofline, peak memory, the JSON report."""
+import os
 import resource
+import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -120,11 +123,25 @@ def mindspore_sgemm_gflops(m: int = 4096, k: int = 256, n: int = 768, chain: int
     return 2 * m * k * n * (chain // 2 * 2) / best / 1e9
 
 
-def emit(report: dict, out=None) -> None:
-    """Print `report` as JSON and, with `out`, also write it there (atomically)."""
-    import json
-    import os
+def git_commit() -> str:
+    """HEAD of the checkout, with '-dirty' when tracked files are modified."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
 
+    try:
+        commit = git("rev-parse", "HEAD")
+        return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def emit(report: dict, out=None) -> None:
+    """Print `report` as JSON, after the command line that wrote it and the commit it ran on, and
+    with `out` also write it there (atomically)."""
+    import json
+
+    script = os.path.relpath(os.path.abspath(sys.argv[0]), ROOT)
+    report = {"written_by": shlex.join(["python", script, *sys.argv[1:]]), "commit": git_commit(), **report}
     text = json.dumps(report, indent=1, ensure_ascii=False)
     print(text)
     if out:

@@ -13,7 +13,6 @@ it, the epoch log, the commit and the hardware. Prints the same JSON.
 import argparse
 import os
 import platform
-import subprocess
 from pathlib import Path
 
 from common import ROOT, emit, multi30k_dir, peak_rss_gb
@@ -32,18 +31,6 @@ def hardware() -> dict:
         total_kb = int(meminfo.read_text().split("MemTotal:", 1)[1].split()[0])
         info["memory_gb"] = round(total_kb / 1024 ** 2, 1)
     return info
-
-
-def git_commit() -> str:
-    """HEAD of the checkout, with '-dirty' when tracked files are modified."""
-    def git(*args):
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "HEAD")
-        return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def train_command(train_args: dict, out: str) -> str:
@@ -102,7 +89,6 @@ def main():
         "run_dir": str(run.path),
         "command": train_command(train_info["train"], str(run.path)),
         "launched_by": args.how or "the command above",
-        "commit": git_commit(),
         "hardware": {**hardware(), "device": device},
         "versions": {key: metadata.get(key) for key in ("mindtrans_version", "mindspore_version", "python")},
         "data_sha256": metadata.get("data_sha256"),
