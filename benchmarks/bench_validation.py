@@ -56,8 +56,6 @@ def main():
             seconds[scale].append(time.perf_counter() - started)
     median = {scale: statistics.median(times) for scale, times in seconds.items()}
     emit({
-        "command": "python benchmarks/bench_validation.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k != "out"),
         "device": device, "preset": args.preset, "val_pairs": len(encoded), "training_batch_tokens": args.batch_tokens,
         "used_by_training": f"{VALIDATION_BATCH_SCALE}x",
         "sizes": [{"scale": scale, "batch_tokens": args.batch_tokens * scale, "batches": len(batchers[scale]),
