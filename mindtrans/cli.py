@@ -3,6 +3,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 
 from mindtrans import __version__, train_config
 from mindtrans.fetch import DEFAULT_DATA_DIR, add_fetch_arguments
@@ -83,12 +84,17 @@ def cmd_evaluate(args):
     from mindtrans.bundle import load_bundle
     from mindtrans.device import select_device
     from mindtrans.evaluate import evaluate_bundle, evaluate_files
-    from mindtrans.files import atomic_write_text
+    from mindtrans.files import atomic_write_text, check_writable
 
     if (args.src is None) != (args.ref is None):
         raise ValueError("--src and --ref go together: the German sentences and their English references")
+    if args.src and (args.split or args.corpus):
+        raise ValueError("--split and --corpus choose a split of a fetched corpus, --src and --ref any parallel "
+                         "text: give one or the other")
     if args.out and os.path.exists(args.out):
         raise FileExistsError(f"--out {args.out} exists: remove it or choose another name (it is never overwritten)")
+    if args.out:
+        check_writable(args.out)  # now, not after minutes of translating
     select_device(args.device, verbose=not args.json)
     bundle = load_bundle(args.run_dir)
     if args.src:
@@ -97,7 +103,8 @@ def cmd_evaluate(args):
         run = RunDir(args.run_dir)
         trained_on = run.train_info().get("corpus") if (run / RunDir.TRAIN_CONFIG).is_file() else None
         corpus = args.corpus or trained_on or "multi30k"
-        result = evaluate_bundle(bundle, args.data_dir, args.split, corpus, args.beam_size, args.alpha, args.limit)
+        result = evaluate_bundle(bundle, args.data_dir, args.split or "test2016", corpus, args.beam_size, args.alpha,
+                                 args.limit)
     hypotheses = result.pop("hypotheses")
     if args.out:
         atomic_write_text(args.out, "".join(line + "\n" for line in hypotheses))
@@ -125,6 +132,9 @@ def _numpy_bundle(run_dir):
 def cmd_translate(args):
     from mindtrans.bundle import load_bundle
 
+    if not args.sentences and sys.stdin is None:
+        raise ValueError("no input: stdin is closed; give the sentences as arguments or pipe them in "
+                         f"(mindtrans translate {args.run_dir} < sentences.de)")
     if args.engine == "numpy":  # never imports MindSpore
         if args.device not in (None, "CPU"):
             raise ValueError(f"--engine numpy runs on the CPU: drop --device {args.device}, or use --engine mindspore")
@@ -158,14 +168,13 @@ def cmd_export(args):
 
 
 def stdin_chunks(stream, size: int):
-    """Yield lists of up to `size` lines of the binary `stream` (lines end at \\n only, as for
-    `wc -l`); a line that is not UTF-8 raises ValueError with its number."""
+    """Yield lists of up to `size` lines of the binary `stream`, each as `decode_line` reads it
+    (lines end at \\n, as for `wc -l`; a byte-order mark before the first is dropped)."""
+    from mindtrans.data import UTF8_BOM, decode_line
+
     chunk = []
     for number, raw in enumerate(stream, 1):
-        try:
-            chunk.append(raw.decode("utf-8").rstrip("\r\n"))
-        except UnicodeDecodeError:
-            raise ValueError(f"stdin line {number} is not UTF-8 text") from None
+        chunk.append(decode_line(raw.removeprefix(UTF8_BOM) if number == 1 else raw, f"stdin line {number}"))
         if len(chunk) == size:
             yield chunk
             chunk = []
@@ -199,12 +208,15 @@ def add_use_commands(sub) -> None:
     """`evaluate`, `translate` and `export`: the subcommands that use a trained bundle."""
     from mindtrans.bundle import ENGINES
 
-    p = sub.add_parser("evaluate", help="BLEU and perplexity of a bundle on a whole split, or on any parallel text")
+    about = "BLEU and perplexity of a bundle on a whole split, or on any parallel text"
+    p = sub.add_parser("evaluate", help=about, description=f"{about}: sacreBLEU (cased, 13a, the headline; its "
+                       "signature is printed) and BLEU on tokenized, lowercased words (the tutorials' figure). "
+                       "Every line is a sentence pair, blank ones included, as sacreBLEU counts them.")
     p.add_argument("run_dir", help="a run directory written by `mindtrans train`")
     add_data_dir(p)
-    p.add_argument("--split", default="test2016", choices=["train", "val", "test2016"], help="default: %(default)s")
+    p.add_argument("--split", choices=["train", "val", "test2016"], help="default: test2016")
     p.add_argument("--corpus", choices=["multi30k", "synthetic"], help="default: the one the model was trained on")
-    p.add_argument("--src", help="instead of --split: a file of German sentences, one per line")
+    p.add_argument("--src", help="instead of --split: a file of German sentences, one per line (UTF-8)")
     p.add_argument("--ref", help="with --src: their English references, line by line")
     p.add_argument("--out", help="write the translations to this new file, one per line")
     add_search_arguments(p)
@@ -283,11 +295,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _looks_like_an_option(arg: str) -> bool:
+    return arg.startswith("-") and arg != "-" and " " not in arg  # as argparse tells "- Ein Mann" from "-x"
+
+
 def parse_args(parser, argv=None):
-    """Arguments, with `translate`'s sentences taken wherever they stand (`translate RUN --beam 1 Satz`)."""
+    """Arguments, with `translate`'s sentences taken wherever they stand (`translate RUN --beam 1 Satz`);
+    after `--`, even one that starts with a dash is a sentence."""
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command == "translate" and not any(arg.startswith("-") for arg in extra):
-        args.sentences += extra
+    if extra and args.command == "translate":
+        cut = extra.index("--") if "--" in extra else len(extra)
+        unknown = [arg for arg in extra[:cut] if _looks_like_an_option(arg)]
+        if unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)} (a sentence that starts with a dash goes "
+                         f"after --: translate RUN -- '-Satz')")
+        args.sentences += extra[:cut] + extra[cut + 1:]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args
@@ -304,6 +326,11 @@ def error_line(err: BaseException) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(build_parser(), argv)
+
+    def warning_line(message, category, filename, lineno, file=None, line=None):  # one line, no source quoted
+        print(f"mindtrans {args.command}: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = warning_line
     from mindtrans.bundle import BundleError
     from mindtrans.fetch import FetchError
 

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import unicodedata
 from collections import Counter
 from pathlib import Path
 
@@ -31,6 +32,7 @@ UNK, PAD, BOS, EOS = 0, 1, 2, 3
 CORPORA = ("multi30k", "synthetic")
 
 _TOKEN_RE = re.compile(r"\w+|[^\w\s]")
+UTF8_BOM = b"\xef\xbb\xbf"  # the UTF-8 byte-order mark some Windows editors put first
 
 
 # --------------------------------------------------------------------------- tokens
@@ -38,9 +40,10 @@ def tokenize(text: str) -> list[str]:
     """Lowercase ``text`` and split it into words and single punctuation marks.
 
     ``\\w`` is Unicode-aware, so umlauts and ß stay inside their words:
-    ``tokenize("Die Straße!") == ["die", "straße", "!"]``.
+    ``tokenize("Die Straße!") == ["die", "straße", "!"]``. The text is read in NFC form first,
+    so an umlaut typed as a letter plus a combining mark is the same word.
     """
-    return _TOKEN_RE.findall(text.lower())
+    return _TOKEN_RE.findall(unicodedata.normalize("NFC", text).lower())
 
 
 _NO_SPACE_BEFORE = set(".,!?;:)]}%“”")
@@ -81,11 +84,10 @@ def detokenize(tokens: list[str]) -> str:
                  and tok not in _NO_SPACE_BEFORE and prev not in _NO_SPACE_AFTER)
         glue_next = joiner or (tok == '"' and not closing_quote)
         pieces.append(" " + tok if space else tok)
-    text = "".join(pieces)
-    first = next((j for j, ch in enumerate(text) if ch.isalnum()), None)
-    if first is not None and text[first].isalpha():
-        text = text[:first] + text[first].upper() + text[first + 1:]
-    return text
+    first = next((j for j, tok in enumerate(tokens) if tok in SPECIALS or tok[:1].isalnum()), None)
+    if first is not None and tokens[first] not in SPECIALS:  # "<unk> people ..." stays as it is
+        pieces[first] = pieces[first].replace(tokens[first], tokens[first][0].upper() + tokens[first][1:], 1)
+    return "".join(pieces)
 
 
 # --------------------------------------------------------------------------- vocabulary
@@ -203,27 +205,38 @@ def build_vocabs(train_pairs, min_freq: int) -> tuple:
 
 
 # --------------------------------------------------------------------------- corpora
-def read_lines(path) -> list[str]:
-    """The lines of a UTF-8 text file, trailing whitespace removed.
+def decode_line(raw: bytes, where: str) -> str:
+    """One line of input (bytes, without its ``\\n``) as text: UTF-8, trailing whitespace removed,
+    in NFC form (an umlaut typed as a letter plus a combining mark reads as the one letter).
 
-    Lines end at ``\n`` only (as ``wc -l`` counts them; a ``\r`` inside a line is kept as
-    whitespace, a final ``\r\n`` removed). A file that is not UTF-8 raises ValueError
-    naming the file and the line.
+    A line that is not UTF-8, holds a NUL byte, or holds a carriage return that does not end
+    it (old Mac line endings: the whole file would read as one line) raises ValueError naming
+    ``where`` ("a.de line 3", "stdin line 3") and the fix.
     """
-    data = Path(path).read_bytes()
     try:
-        text = data.decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        raise ValueError(f"{path} line {line} is not UTF-8 text (byte {data[err.start]:#04x}); "
-                         f"is it the right file? Convert it with iconv -t UTF-8") from None
+        raise ValueError(f"{where} is not UTF-8 text (byte {raw[err.start]:#04x}); is it the right file? "
+                         f"Convert it with iconv -t UTF-8") from None
     if "\x00" in text:
-        line = text.count("\n", 0, text.index("\x00")) + 1
-        raise ValueError(f"{path} line {line} holds a NUL byte: a binary file, not text")
-    lines = text.split("\n")
-    if lines[-1] == "":  # the newline that ends the last line
+        raise ValueError(f"{where} holds a NUL byte: a binary file, not text")
+    text = text.rstrip()
+    if "\r" in text:
+        raise ValueError(f"{where} holds a carriage return (\\r) inside the line: lines must end with \\n; "
+                         f"convert old Mac line endings with tr '\\r' '\\n'")
+    return unicodedata.normalize("NFC", text)
+
+
+def read_lines(path) -> list[str]:
+    """The lines of a UTF-8 text file, each as ``decode_line`` reads it.
+
+    Lines end at ``\\n`` (as ``wc -l`` counts them; a final ``\\r\\n`` is removed with the rest of
+    the trailing whitespace). A UTF-8 byte-order mark at the start is dropped.
+    """
+    lines = Path(path).read_bytes().removeprefix(UTF8_BOM).split(b"\n")
+    if lines[-1] == b"":  # the newline that ends the last line
         lines.pop()
-    return [line.rstrip() for line in lines]
+    return [decode_line(raw, f"{path} line {number}") for number, raw in enumerate(lines, 1)]
 
 
 def read_parallel(src_path, tgt_path) -> list[tuple[str, str]]:

@@ -196,12 +196,21 @@ class Translator:
 
     def encode(self, sentence: str) -> list:
         """Source ids with <bos>/<eos>; input longer than the model's max_len is cut, with a warning."""
-        ids = [BOS, *self.src_vocab.encode_text(sentence), EOS]
-        if len(ids) > self.max_src_len:
-            warnings.warn(f"input of {len(ids)} tokens truncated to the model's max_len={self.max_src_len}: "
-                          f"{sentence[:40]!r}...", stacklevel=3)
-            ids = ids[:self.max_src_len - 1] + [EOS]
-        return ids
+        return self._encode_all([sentence])[0]
+
+    def _encode_all(self, sentences) -> list:
+        """`encode` of each sentence, with one warning for all those that were cut."""
+        encoded, cut = [], []
+        for sentence in sentences:
+            ids = [BOS, *self.src_vocab.encode_text(sentence), EOS]
+            if len(ids) > self.max_src_len:
+                cut.append(sentence)
+                ids = ids[:self.max_src_len - 1] + [EOS]
+            encoded.append(ids)
+        if cut:
+            warnings.warn(f"{len(cut)} input(s) truncated to the model's max_len={self.max_src_len} tokens, the "
+                          f"first {cut[0][:40]!r}...: split long sentences", stacklevel=3)
+        return encoded
 
     def check_search(self, beam_size: int, alpha: float, sentences: int) -> None:
         """Refuse a beam size, length penalty or beam x batch that cannot work, saying why."""
@@ -221,7 +230,7 @@ class Translator:
         self.check_search(beam_size, alpha, len(sentences))
         hyps, attns = [[] for _ in sentences], [np.zeros((0, 0), np.float32) for _ in sentences]
         kept = [i for i, sentence in enumerate(sentences) if sentence.strip()]
-        encoded = {i: self.encode(sentences[i]) for i in kept}
+        encoded = dict(zip(kept, self._encode_all([sentences[i] for i in kept])))
         order = sorted(kept, key=lambda i: len(encoded[i]))
         for start in range(0, len(order), self.batch_size):
             chunk = order[start:start + self.batch_size]

@@ -54,6 +54,19 @@ def atomic_write_text(path, text: str) -> None:
         raise
 
 
+def check_writable(path) -> None:
+    """Raise `atomic_write_text`'s SaveError now if ``path`` could not be written later: its folder
+    cannot be made or written to. Call it before long work whose result goes there; the folder
+    is made if it is missing."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as err:
+        raise SaveError(f"cannot write {path}: {describe_os_error(err)}") from None
+
+
 def sha256_file(path) -> str:
     """Hex sha256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()

@@ -44,6 +44,12 @@ def test_tokenize_keeps_umlauts_and_eszett_inside_words():
     assert tokenize("Ein T-Shirt") == ["ein", "t", "-", "shirt"]
 
 
+def test_tokenize_reads_a_decomposed_umlaut_as_the_letter():
+    decomposed = "Ein Ma\u0308dchen u\u0308ber der Stra\u00dfe."  # "a" + combining diaeresis
+    assert tokenize(decomposed) == tokenize("Ein Mädchen über der Straße.") == [
+        "ein", "mädchen", "über", "der", "straße", "."]
+
+
 @pytest.mark.parametrize("tokens, text", [
     (["a", "man", "'", "s", "t", "-", "shirt", "."], "A man's t-shirt."),
     (["a", "sign", "says", '"', "stop", "!", '"', "."], 'A sign says "stop!".'),
@@ -53,6 +59,8 @@ def test_tokenize_keeps_umlauts_and_eszett_inside_words():
     (["ein", "schild", ":", "„", "hallo", "“", "."], "Ein schild: „hallo“."),
     (['"', "hello", '"', "said", "he"], '"Hello" said he'),
     (["über", "die", "straße"], "Über die straße"),
+    (["<unk>", "people", "are", "dancing", "."], "<unk> people are dancing."),
+    (['"', "<unk>", '"', "he", "said"], '"<unk>" he said'),
     ([], ""),
 ])
 def test_detokenize(tokens, text):

@@ -402,11 +402,45 @@ def test_translate_streams_its_output(bundle):
         process.wait()
 
 
-def test_stdin_lines_end_at_newlines_only():
-    chunks = list(cli.stdin_chunks(iter([b"a\rb\n", b"c\r\n", b"d"]), 2))
-    assert chunks == [["a\rb", "c"], ["d"]]
+def test_stdin_lines_end_at_newlines_and_read_like_file_lines():
+    chunks = list(cli.stdin_chunks(iter([b"\xef\xbb\xbfEin Hund\n", b"c\r\n", b"Ma\xcc\x88dchen"]), 2))
+    assert chunks == [["Ein Hund", "c"], ["Mädchen"]]  # no byte-order mark; CRLF ends a line; NFC
     with pytest.raises(ValueError, match="stdin line 2 is not UTF-8"):
         list(cli.stdin_chunks(iter([b"ok\n", b"\xff\xfe\n"]), 5))
+    with pytest.raises(ValueError, match=r"stdin line 1 holds a carriage return .*tr '\\r' '\\n'"):
+        list(cli.stdin_chunks(iter([b"eins\rzwei\rdrei\r"]), 5))  # old Mac line endings: one line
+
+
+def test_translate_with_stdin_closed_says_so_before_loading_anything(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", None)  # as `mindtrans translate RUN <&-` starts
+    line = one_line_error(["translate", tmp_path / "no_such_run"], capsys)
+    assert "no input: stdin is closed" in line
+
+
+def test_a_sentence_starting_with_a_dash_goes_after_a_double_dash(bundle, capsys):
+    assert cli.main(["translate", str(bundle), "--beam", "1", "--", "-Ein Hund.", "--beam"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2  # both are sentences
+    assert cli.main(["translate", str(bundle), "--beam", "1", "Ein Hund.", "- Ein Mann."]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2  # with a space it cannot be an option
+    with pytest.raises(SystemExit):
+        cli.main(["translate", str(bundle), "Ein Hund.", "--bogus"])
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --bogus (" in err and "Ein Hund." not in err.split("arguments:")[1]
+
+
+def test_an_over_long_input_is_one_warning_line(bundle, capsys):
+    assert cli.main(["translate", str(bundle), "--beam", "1", "Ein Hund. " * 30, "Ein Hund. " * 40]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"mindtrans translate: warning: 2 input(s) truncated to the model's max_len=24 tokens, the first "
+                   f"{('Ein Hund. ' * 4)[:40]!r}...: split long sentences"]
+
+
+def test_evaluate_checks_its_out_and_its_options_before_loading_anything(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    args = ["evaluate", tmp_path / "no_such_run", "--src", tmp_path / "a.de", "--ref", tmp_path / "a.en"]
+    assert one_line_error(args + ["--out", tmp_path / "file" / "hyp.txt"], capsys).startswith(
+        f"mindtrans evaluate: error: cannot write {tmp_path / 'file' / 'hyp.txt'}: ")
+    assert "give one or the other" in one_line_error(args + ["--split", "val"], capsys)
 
 
 def test_corpus_auto_with_a_missing_multi30k_file_says_so(tmp_path, capsys):
@@ -421,12 +455,18 @@ def test_corpus_auto_with_a_missing_multi30k_file_says_so(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------- data files
-def test_a_lone_carriage_return_does_not_make_a_line(tmp_path):
-    path = tmp_path / "train.de"
-    path.write_bytes(b"eins\rzwei\ndrei\r\nvier\n")
+def test_a_lone_carriage_return_is_refused_with_the_fix(tmp_path):
+    path = tmp_path / "test.de"
+    path.write_bytes(b"eins\r\nzwei\rdrei\rvier\r")  # CRLF, then old Mac line endings
+    with pytest.raises(ValueError, match=r"test.de line 2 holds a carriage return .*tr '\\r' '\\n'"):
+        read_lines(path)
+
+
+def test_file_lines_lose_a_byte_order_mark_and_are_read_in_nfc(tmp_path):
+    path = tmp_path / "test.de"
+    path.write_bytes(b"\xef\xbb\xbfEin Ma\xcc\x88dchen.\r\nZwei Hunde.\n")
     lines = read_lines(path)
-    assert len(lines) == path.read_bytes().count(b"\n") == 3  # as wc -l counts
-    assert lines == ["eins\rzwei", "drei", "vier"]
+    assert lines == ["Ein Mädchen.", "Zwei Hunde."] and len(lines) == path.read_bytes().count(b"\n")
 
 
 def test_a_binary_file_is_named_with_its_line(tmp_path):
