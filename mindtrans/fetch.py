@@ -48,6 +48,7 @@ import contextlib
 import gzip
 import hashlib
 import importlib.util
+import itertools
 import math
 import os
 import posixpath
@@ -170,8 +171,11 @@ def gzip_name(name):
 
 
 def env_mirrors() -> list:
-    """Mirrors listed in $MINDTRANS_MIRROR (separated like PATH), tried before the built-in ones."""
-    return [m for m in os.environ.get("MINDTRANS_MIRROR", "").split(os.pathsep) if m]
+    """Mirrors listed in $MINDTRANS_MIRROR, separated like PATH (``:`` on Linux, ``;`` on Windows), tried
+    before the built-in ones. The colons of a URL (``https://host:8080/multi30k``) do not separate."""
+    value = os.environ.get("MINDTRANS_MIRROR", "")
+    separator = re.escape(os.pathsep) + (r"(?!//)(?!\d+(?:/|$))" if os.pathsep == ":" else "")
+    return [m for m in re.split(separator, value) if m]
 
 
 def fetch_multi30k(data_dir=DEFAULT_DATA_DIR, mirrors=(), insecure=False, timeout=DEFAULT_TIMEOUT, log=print,
@@ -226,8 +230,8 @@ def _terminate_as_exit():
 def _remove_stale_parts(out, timeout, log):
     """Delete partial files that a killed fetch left in `out`: untouched for longer than a live
     download could be (it is abandoned after `timeout` seconds without a byte)."""
-    stale = [path for path in out.glob(".*.part-*")
-             if path.is_file() and time.time() - path.stat().st_mtime > timeout + 60]
+    stale = [path for path in out.glob(".*.part-*") if _PART_NAME.fullmatch(path.name)
+             and path.is_file() and time.time() - path.stat().st_mtime > timeout + 60]
     for path in stale:
         path.unlink(missing_ok=True)
     if stale:
@@ -248,8 +252,18 @@ def _is_verified(path, log):
         return False
     if sha256_file(path) == TEXT_SHA256[path.name]:
         return True
-    log(f"{path} does not match its sha256; fetching it again.")
+    kept = _set_aside(path)
+    log(f"{path} does not match Multi30k's sha256: kept as {kept.name}, and fetching it again.")
     return False
+
+
+def _set_aside(path):
+    """Rename `path` (a file that is not ours to replace) to a free ``<name>.replaced-<n>``; return the new path."""
+    for number in itertools.count(1):
+        kept = path.with_name(f"{path.name}.replaced-{number}")
+        if not kept.exists():
+            path.rename(kept)
+            return kept
 
 
 class _Run:
@@ -398,6 +412,9 @@ def _existing(path):
     if not path.is_file():
         raise _Failed("not found")
     return path
+
+
+_PART_NAME = re.compile(r"\..+\.part-[0-9a-f]{8}(\.part)?")  # _part_file's names, and download()'s .part beside one
 
 
 def _part_file(directory, name):
@@ -646,9 +663,9 @@ def _with_download_package(url, dest, insecure, timeout, limit):
 
 def _with_wget(url, dest, insecure, timeout, limit):
     # Verbose (the default), because --no-verbose hides why a transfer broke off.
-    command = ["wget", "--tries=1", f"--timeout={timeout:g}", "-O", str(dest), url]
-    if insecure:
-        command.insert(1, "--no-check-certificate")
+    # --check-certificate=on: a "check_certificate = off" in the user's ~/.wgetrc must not switch it off silently
+    certificates = "--no-check-certificate" if insecure else "--check-certificate=on"
+    command = ["wget", certificates, "--tries=1", f"--timeout={timeout:g}", "-O", str(dest), url]
     _run_tool(command, dest, limit)
 
 
@@ -662,8 +679,8 @@ def _with_curl(url, dest, insecure, timeout, limit):
         "--max-filesize", str(limit.max_bytes),
         "-o", str(dest), url,
     ]  # fmt: skip
-    if insecure:
-        command.insert(1, "-k")
+    # --no-insecure: an "insecure" in the user's ~/.curlrc must not switch the check off silently
+    command.insert(1, "-k" if insecure else "--no-insecure")
     _run_tool(command, dest, limit)
 
 
@@ -754,7 +771,8 @@ def _classify(text):
 def _failure_message(out, run):
     gzips = " ".join(gzip_name(name) for name in TEXT_SHA256)
     tarballs = " ".join(split.tarball for split in SPLITS.values())
-    lines = [f"Could not fetch Multi30k: {', '.join(run.missing)} still missing. Attempts:"]
+    lines = [f"Could not fetch Multi30k ({', '.join(run.missing)} still missing): no mirror delivered them; "
+             f"download them by hand and pass --mirror DIR (or set MINDTRANS_MIRROR), as below. Attempts:"]
     lines += [f"  {line}" for line in run.failures] or ["  (none)"]
     if any(line.endswith("SSL verification failed") for line in run.failures):
         lines.append(

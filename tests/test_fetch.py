@@ -369,13 +369,25 @@ def test_second_run_touches_no_network(tmp_path, serve, refused_url, texts):
     assert log == f"Multi30k already present and verified in {out}; nothing to download."
 
 
-def test_corrupt_file_is_fetched_again(tmp_path, gz_files, texts):
+def test_a_file_that_is_not_multi30k_is_kept_aside_and_fetched_again(tmp_path, gz_files, texts):
     populate(tmp_path / "data", texts, NAMES)
-    (fetch.multi30k_dir(tmp_path / "data") / "val.de").write_bytes(b"corrupt\n")
+    out = fetch.multi30k_dir(tmp_path / "data")
+    (out / "val.de").write_bytes(b"my own sentences\n")
+    (out / "val.de.replaced-1").write_bytes(b"set aside before\n")
     _, log = run(tmp_path / "data", [write_dir(tmp_path / "mirror", gz_files)])
-    assert "val.de does not match its sha256" in log
+    assert "val.de does not match Multi30k's sha256: kept as val.de.replaced-2" in log
     assert "val.de.gz: ok" in log and "train.de.gz" not in log
-    assert_fetched(tmp_path / "data", texts)
+    assert (out / "val.de.replaced-2").read_bytes() == b"my own sentences\n"  # nothing a user made is lost
+    assert (out / "val.de.replaced-1").read_bytes() == b"set aside before\n"
+    assert all((out / name).read_bytes() == texts[name] for name in NAMES)
+
+
+def test_mirrors_in_the_environment_keep_the_colons_of_their_urls(monkeypatch):
+    monkeypatch.setattr(fetch.os, "pathsep", ":")
+    monkeypatch.setenv("MINDTRANS_MIRROR", "/data/m30k:https://127.0.0.1:8731/multi30k:~/zips/Multi30K.zip::"
+                                           "file:///srv/m30k:http://mirror.example/a")
+    assert fetch.env_mirrors() == ["/data/m30k", "https://127.0.0.1:8731/multi30k", "~/zips/Multi30K.zip",
+                                   "file:///srv/m30k", "http://mirror.example/a"]
 
 
 def test_unresponsive_mirror_costs_about_the_timeout(tmp_path, silent_url, gz_files, texts):
@@ -438,6 +450,22 @@ def test_secure_by_default_without_wgetrc(tmp_path, monkeypatch, serve, self_sig
         assert f"[{tool}] {url}/train.de.gz: SSL verification failed" in message
     assert "--insecure" in message
     assert server.requests == []  # no request ever got past the TLS handshake
+
+
+def test_a_users_tool_config_cannot_switch_the_certificate_check_off(tmp_path, monkeypatch, serve, self_signed,
+                                                                     gz_files):
+    need("wget", "curl")
+    for var in ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(var, raising=False)
+    (tmp_path / "wgetrc").write_text("check_certificate = off\n")
+    (tmp_path / ".curlrc").write_text("insecure\n")
+    monkeypatch.setenv("WGETRC", str(tmp_path / "wgetrc"))
+    monkeypatch.setenv("CURL_HOME", str(tmp_path))
+    url, server = serve(gz_files, tls=self_signed[1])
+    message, _ = run_failing(tmp_path / "data", [url])
+    for tool in ("wget", "curl"):
+        assert f"[{tool}] {url}/train.de.gz: SSL verification failed" in message
+    assert server.requests == []
 
 
 def test_everything_fails(tmp_path, serve, refused_url):

@@ -617,13 +617,15 @@ def test_a_killed_fetch_leaves_parts_the_next_one_removes(tmp_path, hermetic_fet
     directory = fetch.multi30k_dir(tmp_path)
     directory.mkdir(parents=True)
     stale, fresh = directory / ".Multi30K.zip.part-0badf00d", directory / ".train.de.part-12345678"
-    stale.write_bytes(b"x" * 1000)
-    fresh.write_bytes(b"x")
-    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    notes = directory / ".chapter.part-2.txt"  # a hidden file of the user's: not a name fetch writes
+    for path in (stale, fresh, notes):
+        path.write_bytes(b"x")
+    for path in (stale, notes):
+        os.utime(path, (time.time() - 3600, time.time() - 3600))
     lines = []
     with pytest.raises(fetch.FetchError):
         fetch.fetch_multi30k(tmp_path, [str(tmp_path / "nowhere")], timeout=5, log=lines.append)
-    assert not stale.exists() and fresh.exists()  # a fresh one may belong to a fetch still running
+    assert not stale.exists() and fresh.exists() and notes.exists()  # a fresh one may be a running fetch's
     assert any("removed 1 partial file" in line for line in lines)
 
 
