@@ -21,6 +21,17 @@ def add_device(parser):
                         help="force a device (default: the best available, or $MINDTRANS_DEVICE)")
 
 
+def positive_float(text: str) -> float:
+    """argparse type: a finite number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """argparse type: a whole number of at least 1."""
     try:
@@ -70,7 +81,7 @@ def cmd_train(args):
         select_device(args.device, verbose=False)
     saved = None
     if args.resume and os.path.isfile(os.path.join(args.out, RunDir.TRAIN_CONFIG)):  # else train() explains
-        saved = TrainConfig.from_dict(RunDir(args.out).train_info()["train"])
+        saved = TrainConfig.from_run(RunDir(args.out))
     summary = train(args.data_dir, args.out, from_args(args, saved), resume=args.resume, overwrite=args.overwrite)
     if distributed.is_main():  # under msrun: once, from rank 0
         print(json.dumps(summary, indent=1))
@@ -289,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="run directory (default: %(default)s)")
     p.add_argument("--mirror", dest="mirrors", action="append", default=[],
                    help="Multi30k mirror (URL or directory); also $MINDTRANS_MIRROR")
-    p.add_argument("--minutes", type=float, default=3.0, help="training time budget (default: %(default)s)")
+    p.add_argument("--minutes", type=positive_float, default=3.0, help="training time budget (default: %(default)s)")
     add_device(p)
     p.set_defaults(func=cmd_demo)
     return parser
@@ -321,6 +332,8 @@ def error_line(err: BaseException) -> str:
 
     if isinstance(err, OSError) and not isinstance(err, SaveError) and err.filename and err.strerror:
         return f"{err.filename}: {describe_os_error(err)}"
+    if isinstance(err, MemoryError):
+        return f"out of memory ({str(err).strip() or 'MemoryError'}): choose smaller sizes"
     return str(err).strip()  # a FetchError lists its attempts on lines of their own
 
 
@@ -336,7 +349,7 @@ def main(argv=None) -> int:
 
     try:
         return args.func(args) or 0
-    except (FetchError, BundleError, OSError, ValueError, RuntimeError) as err:
+    except (FetchError, BundleError, OSError, ValueError, RuntimeError, MemoryError) as err:
         if args.debug or os.environ.get("MINDTRANS_DEBUG") == "1":
             raise
         from mindtrans import distributed

@@ -36,6 +36,7 @@ def select_device(name: str = None, verbose: bool = True) -> str:
     """
     global _chosen
     requested = name or os.environ.get("MINDTRANS_DEVICE") or None
+    source = "--device" if name else "MINDTRANS_DEVICE"  # where the request came from, for the messages
     if _chosen is not None:
         if requested and requested.lower() != _chosen.lower():
             raise RuntimeError(f"device already set to {_chosen}; restart the process to use {requested}")
@@ -46,10 +47,11 @@ def select_device(name: str = None, verbose: bool = True) -> str:
     if requested:
         matches = [d for d in DEVICES if d.lower() == requested.lower()]
         if not matches:
-            raise ValueError(f"unknown device {requested!r}: use one of {', '.join(DEVICES)}")
+            raise ValueError(f"unknown device {requested!r} (from {source}): use one of {', '.join(DEVICES)}")
         if matches[0] not in available:
-            raise RuntimeError(f"device {matches[0]} is not available here; available: {', '.join(available)}. "
-                               f"Unset MINDTRANS_DEVICE or set it to one of those.")
+            fix = "pass one of those" if name else "unset MINDTRANS_DEVICE or set it to one of those"
+            raise RuntimeError(f"device {matches[0]} (from {source}) is not available here; available: "
+                               f"{', '.join(available)}: {fix}")
         device = matches[0]
     else:
         device = available[0]

@@ -115,6 +115,21 @@ class RunDir:
         recorded = json.loads(path.read_text(encoding="utf-8")).get("files_sha256", {}) if path.is_file() else {}
         return [name for name in names if name in recorded and sha256_file(self.path / name) != recorded[name]]
 
+    def check_resumable(self, data_files) -> None:
+        """Refuse (ValueError) to resume a run whose config or vocabularies changed after it saved them,
+        or whose training data (`data_files`) are not the files it trained on (metadata.json's sha256)."""
+        changed = self.changed_files([self.CONFIG, self.SRC_VOCAB, self.TGT_VOCAB])
+        if changed:
+            raise ValueError(f"{', '.join(changed)} in {self.path} changed after the run saved it: resuming would "
+                             f"train these weights with another model or vocabulary; restore it or start a new run")
+        path = self.path / self.METADATA
+        recorded = json.loads(path.read_text(encoding="utf-8")).get("data_sha256", {}) if path.is_file() else {}
+        for data in map(Path, data_files):
+            if data.name in recorded and (not data.is_file() or sha256_file(data) != recorded[data.name]):
+                used = self.train_info().get("data_dir", "the one it trained with")
+                raise ValueError(f"{data} is not the file this run trained on (metadata.json records another "
+                                 f"sha256): resume with the data it used, --data-dir {used}")
+
     def write_log(self, history: list) -> None:
         """log.json and log.csv: one row per epoch."""
         self.write_json(self.LOG_JSON, history)

@@ -65,7 +65,9 @@ class TrainConfig:
                 raise ValueError(f"{f.name} must be one of {tuple(f.metadata['choices'])}, got {value!r}")
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"{flag(f.name)} must be a finite number, got {value}")
-        for name in ("epochs", "batch_tokens", "accum_steps", "max_len", "min_freq"):
+        if self.max_len < 3:
+            raise ValueError(f"--max-len must be at least 3 (<bos>, one token, <eos>), got {self.max_len}")
+        for name in ("epochs", "batch_tokens", "accum_steps", "min_freq"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{flag(name)} must be at least 1, got {getattr(self, name)}")
         for name in ("max_steps", "max_minutes", "warmup_steps", "seed"):
@@ -99,12 +101,34 @@ class TrainConfig:
         unknown = sorted(set(data) - {f.name for f in fields(cls)})
         if unknown:
             raise ValueError(f"unknown TrainConfig fields {unknown}; known fields: {[f.name for f in fields(cls)]}")
+        for f in fields(cls):
+            kind = PRESET_OVERRIDES.get(f.name, type(f.default))
+            value = data.get(f.name, f.default)
+            if not (value is None and f.name in PRESET_OVERRIDES or _is_a(value, kind)):
+                raise ValueError(f"{f.name} must be {kind.__name__}, got {value!r}")
         return cls(**data)
+
+    @classmethod
+    def from_run(cls, run) -> "TrainConfig":
+        """The configuration a run directory (`RunDir`) saved in train_config.json, strictly: a file
+        mindtrans did not write raises ValueError naming it."""
+        try:
+            return cls.from_dict(run.train_info()["train"])
+        except (ValueError, KeyError, TypeError, AttributeError) as err:  # a JSONDecodeError is a ValueError
+            raise ValueError(f"{run.path / run.TRAIN_CONFIG} is not a training configuration that mindtrans wrote "
+                             f"({type(err).__name__}: {err}); restore it from a copy or start a new run") from None
 
     def differences(self, other: "TrainConfig") -> dict:
         """{field: (this value, other's)} where the two differ."""
         return {f.name: (getattr(self, f.name), getattr(other, f.name)) for f in fields(self)
                 if getattr(self, f.name) != getattr(other, f.name)}
+
+
+def _is_a(value, kind) -> bool:
+    """isinstance, except that a bool is no number and a whole number is a float too."""
+    if isinstance(value, bool) or kind is bool:
+        return isinstance(value, bool) and kind is bool
+    return isinstance(value, kind) or (kind is float and isinstance(value, int))
 
 
 def flag(name: str) -> str:

@@ -144,10 +144,14 @@ def prepare_run(data_dir, out, cfg: TrainConfig, resume: bool, verbose: bool, ov
         print(f"mindtrans: worker rank {rank} of {world}, process id {os.getpid()}", flush=True)
     verbose = verbose and rank == 0
     cfg = _resumed_config(out, cfg, world, verbose) if resume else (cfg or TrainConfig())
-    corpus = resolve_corpus(data_dir, cfg.corpus)
-    if verbose and cfg.corpus == "auto":
-        print(explain_corpus(data_dir, cfg.corpus))
+    corpus = out.train_info().get("corpus") if resume else None  # the one it trained on, not "auto" again
+    if corpus is None:
+        corpus = resolve_corpus(data_dir, cfg.corpus)
+        if verbose and cfg.corpus == "auto":
+            print(explain_corpus(data_dir, cfg.corpus))
     ensure_corpus(data_dir, corpus)
+    if resume:
+        out.check_resumable(data_files(data_dir, corpus))
     train_pairs, val_pairs = load_split(data_dir, "train", corpus=corpus), load_split(data_dir, "val", corpus=corpus)
     if resume:
         src_vocab, tgt_vocab = load_vocab(out / RunDir.SRC_VOCAB), load_vocab(out / RunDir.TGT_VOCAB)
@@ -174,13 +178,18 @@ def prepare_run(data_dir, out, cfg: TrainConfig, resume: bool, verbose: bool, ov
                resume, overwrite, verbose)
 
 
+def data_files(data_dir, corpus: str) -> list:
+    """The training and validation files a run reads (their sha256 go into metadata.json)."""
+    return [Path(data_dir) / corpus / f"{split}.{lang}" for split in ("train", "val") for lang in ("de", "en")]
+
+
 def _resumed_config(out: RunDir, cfg: TrainConfig, world: int, verbose: bool) -> TrainConfig:
     """The configuration saved in `out`, with the stopping limits (`RESUME_OVERRIDES`) of `cfg`."""
     if not out.latest.is_file():
         where = "" if world == 1 else (f" (on {distributed.describe()}: with several machines, every one needs "
                                        f"the run directory at the same path, on shared storage or copied)")
         raise FileNotFoundError(f"nothing to resume: {out.latest} does not exist{where}")
-    saved = TrainConfig.from_dict(out.train_info()["train"])
+    saved = TrainConfig.from_run(out)
     if cfg is None:
         return saved
     ignored = [name for name, (given, kept) in cfg.differences(saved).items()
@@ -219,6 +228,9 @@ def start(run: Run, trainer: Trainer) -> None:
     progress = {"epoch": 0, "batch": 0, "step": 0, "best_val_loss": None, "history": [], "workers": run.world}
     if run.resume:
         saved, progress = checkpoint.load(run.out.latest)
+        if not isinstance(progress, dict) or not {"epoch", "batch", "step"} <= progress.keys():
+            raise ValueError(f"{run.out.latest} holds weights but no training progress (epoch, batch, step), so it "
+                             f"cannot be resumed: is it a copy of {RunDir.MODEL}? Start a new run")
         saved_world = progress.get("workers", 1)
         if progress["batch"] and saved_world != run.world:
             raise ValueError(f"{run.out.latest} was saved mid-epoch by a run with {saved_world} worker(s); "
@@ -235,10 +247,9 @@ def start(run: Run, trainer: Trainer) -> None:
         if not run.resume:
             if run.overwrite:
                 run.out.remove_run()
-            data_files = [run.data_dir / run.corpus / f"{split}.{lang}" for split in ("train", "val")
-                          for lang in ("de", "en")]
             run.out.write_static(run.config, run.src_vocab, run.tgt_vocab, {
-                "train": run.cfg.to_dict(), "data_dir": str(run.data_dir), "corpus": run.corpus}, data_files)
+                "train": run.cfg.to_dict(), "data_dir": str(run.data_dir), "corpus": run.corpus},
+                data_files(run.data_dir, run.corpus))
     if run.verbose:
         print(_describe(run, trainer))
 

@@ -69,18 +69,19 @@ def test_forcing_an_unavailable_device_names_the_available_ones(fresh, monkeypat
     with pytest.raises(RuntimeError) as info:
         device.select_device(missing[0].lower())
     message = str(info.value)
-    assert f"device {missing[0]} is not available here" in message
-    assert f"available: {', '.join(device.available_devices())}" in message
+    assert f"device {missing[0]} (from --device) is not available here" in message
+    assert f"available: {', '.join(device.available_devices())}: pass one of those" in message
     assert device._chosen is None  # nothing was chosen
-    monkeypatch.setenv("MINDTRANS_DEVICE", missing[0])  # the same through the environment
-    with pytest.raises(RuntimeError, match=f"device {missing[0]} is not available here"):
+    monkeypatch.setenv("MINDTRANS_DEVICE", missing[0])  # the same through the environment, which it names
+    with pytest.raises(RuntimeError, match=f"device {missing[0]} \\(from MINDTRANS_DEVICE\\) is not available "
+                                           "here.*unset MINDTRANS_DEVICE"):
         device.select_device()
     assert ms.get_context("device_target") == "CPU"
 
 
 @pytest.mark.parametrize("name", ["TPU", "cuda"])
 def test_unknown_device_name_raises_value_error(fresh, name):
-    with pytest.raises(ValueError, match=rf"unknown device '{name}': use one of Ascend, GPU, CPU"):
+    with pytest.raises(ValueError, match=rf"unknown device '{name}' \(from --device\): use one of Ascend, GPU, CPU"):
         device.select_device(name)
     assert device._chosen is None
 

@@ -238,6 +238,42 @@ def test_resume_needs_a_latest_checkpoint(data_dir, tmp_path):
         run_train(data_dir, tmp_path / "empty", resume=True)
 
 
+def test_resume_trains_on_the_corpus_it_started_on_not_a_new_auto_choice(data_dir, stopped_run, tmp_path,
+                                                                         monkeypatch):
+    out = tmp_path / "run"
+    shutil.copytree(stopped_run[0], out)
+    saved = json.loads((out / "train_config.json").read_text())
+    saved["train"]["corpus"] = "auto"  # as `mindtrans train` without --corpus saves it
+    (out / "train_config.json").write_text(json.dumps(saved))
+    monkeypatch.setattr(train_module, "resolve_corpus", lambda *a: pytest.fail("resume chose a corpus again"))
+    assert train(data_dir, out, None, resume=True, verbose=False)["steps"] == STOP_AT  # synthetic, as saved
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda out: (out / "src_vocab.json").write_text((out / "tgt_vocab.json").read_text()),
+     r"src_vocab.json in .* changed after the run saved it"),
+    (lambda out: (out.parent / "data" / "synthetic" / "train.en").write_text("Another corpus.\n" * 64),
+     r"train.en is not the file this run trained on .*--data-dir "),
+    (lambda out: (out / "train_config.json").write_text('{"data_dir": "d"}'),
+     r"train_config.json is not a training configuration that mindtrans wrote \(KeyError"),
+    (lambda out: (out / "train_config.json").write_text(
+        (out / "train_config.json").read_text().replace('"epochs": 2', '"epochs": "2"')),
+     r"train_config.json is not a training configuration .*epochs must be int, got '2'"),
+    (lambda out: shutil.copy(out / "model.ckpt", out / "latest.ckpt"),
+     r"latest.ckpt holds weights but no training progress"),
+])
+def test_resume_refuses_a_run_or_data_changed_since_it_saved_them(data_dir, stopped_run, tmp_path, damage,
+                                                                   expected):
+    shutil.copytree(data_dir, tmp_path / "data")
+    out = tmp_path / "run"
+    shutil.copytree(stopped_run[0], out)
+    damage(out)
+    before = {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()}
+    with pytest.raises(ValueError, match=expected):
+        run_train(tmp_path / "data", out, resume=True)
+    assert {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()} == before  # nothing touched
+
+
 def test_heads_and_dropout_flags_override_the_preset(data_dir, tmp_path):
     run_train(data_dir, tmp_path / "run", max_steps=1, heads=2, dropout=0.05, mode="pynative")  # no graph needed
     config = json.loads((tmp_path / "run" / RunDir.CONFIG).read_text())

@@ -341,6 +341,7 @@ def test_a_full_disk_ends_in_one_line_that_keeps_the_checkpoint(tmp_path, monkey
     (["--lr", "nan"], "--lr must be a finite number, got nan"),
     (["--max-minutes", "inf"], "--max-minutes must be a finite number"),
     (["--warmup-steps", "-1"], "--warmup-steps must be 0 or more"),
+    (["--max-len", "2"], "--max-len must be at least 3 (<bos>, one token, <eos>), got 2"),
 ])
 def test_training_options_are_checked_before_anything_runs(argv, expected, tmp_path, capsys):
     line = one_line_error(["train", "--out", tmp_path / "run", *argv], capsys)
@@ -355,12 +356,19 @@ def test_training_options_are_checked_before_anything_runs(argv, expected, tmp_p
     (["translate", "RUN", "--batch-size", "0"], "--batch-size: must be at least 1, got 0"),
     (["translate", "RUN", "--batch-size", "-5"], "--batch-size: must be at least 1, got -5"),
     (["translate", "RUN", "--beam", "0"], "--beam-size/--beam: must be at least 1, got 0"),
+    (["demo", "--minutes", "-1"], "--minutes: must be a finite number above 0, got -1"),
+    (["demo", "--minutes", "nan"], "--minutes: must be a finite number above 0, got nan"),
 ])
 def test_search_options_are_checked_by_the_parser(argv, expected, capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(argv)
     assert info.value.code == 2
     assert expected in capsys.readouterr().err
+
+
+def test_running_out_of_memory_is_one_line(capsys):
+    line = one_line_error(["info", "--preset", "tiny", "--src-vocab", str(10 ** 12)], capsys)
+    assert line.startswith("mindtrans info: error: out of memory (") and line.endswith("): choose smaller sizes")
 
 
 def test_a_beam_times_batch_beyond_memory_is_refused_saying_so(bundle, monkeypatch, capsys):
