@@ -140,6 +140,19 @@ class RunDir:
             writer.writerows(history)
             atomic_write_text(self.path / self.LOG_CSV, buf.getvalue())
 
+    def holds_a_run(self) -> bool:
+        """Whether training wrote here: a train_config.json, a checkpoint, or a config.json that is a model's
+        (what a run killed while writing its first files leaves); a config.json of something else is not."""
+        from mindtrans.config import TransformerConfig
+
+        if any((self.path / name).is_file() for name in (self.TRAIN_CONFIG, self.LATEST, self.MODEL)):
+            return True
+        try:
+            TransformerConfig.from_dict(self.read_json(self.CONFIG))
+            return True
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            return bool(self.epoch_checkpoints())
+
     def existing_files(self) -> list:
         """The run files (of FILES, and epochs/) already in this directory."""
         names = [name for name in self.FILES if (self.path / name).exists()]

@@ -138,27 +138,26 @@ def flag(name: str) -> str:
 
 
 def add_arguments(parser) -> None:
-    """One flag per TrainConfig field, with its type, default, choices and help."""
+    """One flag per TrainConfig field, with its type, default, choices and help. A flag not given
+    is None in the parsed arguments, so that `from_args` can tell it from one given its default."""
     for f in fields(TrainConfig):
         if f.type in (bool, "bool"):  # a switch: --no-pack turns a default True off, --share-embeddings on
             action = "store_false" if f.default else "store_true"
-            parser.add_argument(flag(f.name), dest=f.name, action=action, help=f.metadata["help"])
+            parser.add_argument(flag(f.name), dest=f.name, action=action, default=None, help=f.metadata["help"])
             continue
         kind = PRESET_OVERRIDES.get(f.name, type(f.default))
         extra = {"choices": f.metadata["choices"]} if "choices" in f.metadata else {}
         default = "the preset's" if f.default is None else f.default
-        if f.name in RESUME_OVERRIDES:  # None: not given, so that --resume can keep the run's own limit
+        if f.name in RESUME_OVERRIDES:
             default = f"{default}; with --resume, the run's own"
-        parser.add_argument(flag(f.name), dest=f.name, type=kind,
-                            default=None if f.name in RESUME_OVERRIDES else f.default,
+        parser.add_argument(flag(f.name), dest=f.name, type=kind, default=None,
                             help=f"{f.metadata['help']} (default: {default})".replace("%", "%%"), **extra)
 
 
 def from_args(args, saved: Optional[TrainConfig] = None) -> TrainConfig:
-    """The TrainConfig that `add_arguments`' flags spell. A stopping limit (`RESUME_OVERRIDES`)
-    not given on the command line is `saved`'s, the configuration of a run being resumed, if any."""
-    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
-    for name in RESUME_OVERRIDES:
-        if values[name] is None:
-            values[name] = getattr(saved if saved is not None else TrainConfig(), name)
-    return TrainConfig(**values)
+    """The TrainConfig that `add_arguments`' flags spell; a flag not given takes `saved`'s value (the
+    configuration of a run being resumed), else the default. So on resume the differences from
+    `saved` are exactly the flags given with another value."""
+    base = saved if saved is not None else TrainConfig()
+    return TrainConfig(**{f.name: getattr(base, f.name) if getattr(args, f.name) is None else getattr(args, f.name)
+                          for f in fields(TrainConfig)})

@@ -133,9 +133,19 @@ class Trainer:
 def prepare_run(data_dir, out, cfg: TrainConfig, resume: bool, verbose: bool, overwrite: bool = False) -> Run:
     """Device, workers, configuration (the saved one on resume), corpus, vocabularies, batchers."""
     out = RunDir(out)
-    if not resume and not overwrite and out.existing_files():
-        raise FileExistsError(f"{out.path} already holds a run ({', '.join(out.existing_files()[:4])}): continue it "
-                              f"with --resume, replace it with --overwrite, or choose another --out")
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in --out and --overwrite replaces it: give one of them")
+    if out.is_export():
+        raise FileExistsError(f"{out.path} holds an export ({RunDir.MANIFEST}), not a run: choose another --out "
+                              f"(`mindtrans export --overwrite` replaces an export)")
+    if not resume and out.existing_files():
+        found = ", ".join(out.existing_files()[:4])
+        if not out.holds_a_run():
+            raise FileExistsError(f"{out.path} holds {found} but no run (no {RunDir.TRAIN_CONFIG} or checkpoint), so "
+                                  f"they are not mindtrans's to replace: choose another --out")
+        if not overwrite:
+            raise FileExistsError(f"{out.path} already holds a run ({found}): continue it with --resume, replace it "
+                                  f"with --overwrite, or choose another --out")
     if distributed.is_scheduler():  # msrun's scheduler runs this command line too: it only serves the cluster
         distributed.run_scheduler(out.path)
     device = select_device(verbose=verbose)
@@ -192,8 +202,7 @@ def _resumed_config(out: RunDir, cfg: TrainConfig, world: int, verbose: bool) ->
     saved = TrainConfig.from_run(out)
     if cfg is None:
         return saved
-    ignored = [name for name, (given, kept) in cfg.differences(saved).items()
-               if name not in RESUME_OVERRIDES and given != getattr(TrainConfig(), name)]
+    ignored = [name for name in cfg.differences(saved) if name not in RESUME_OVERRIDES]
     if ignored and verbose:
         print(f"mindtrans: --resume keeps the run's saved configuration; ignored: "
               f"{', '.join(f'{flag(name)} {getattr(cfg, name)} (saved: {getattr(saved, name)})' for name in ignored)}"

@@ -233,6 +233,25 @@ def test_resume_says_which_flags_it_ignores(data_dir, stopped_run, tmp_path, cap
     assert "--max-steps" not in warning.split("ignored:")[1].split("(only")[0]
 
 
+def test_resume_and_overwrite_together_are_refused(data_dir, stopped_run):
+    with pytest.raises(ValueError, match="--resume continues the run in --out and --overwrite replaces it"):
+        train(data_dir, stopped_run[0], CFG, resume=True, overwrite=True, verbose=False)
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_an_out_that_holds_no_run_is_never_replaced(data_dir, tmp_path, overwrite):
+    export, mine = tmp_path / "export", tmp_path / "mine"
+    for directory, names in ((export, ["manifest.json", "config.json"]), (mine, ["config.json"])):
+        directory.mkdir()
+        for name in names:
+            (directory / name).write_text('{"my": "settings"}')
+    with pytest.raises(FileExistsError, match="holds an export \\(manifest.json\\), not a run"):
+        train(data_dir, export, CFG, overwrite=overwrite, verbose=False)
+    with pytest.raises(FileExistsError, match="holds config.json but no run .* not mindtrans's to replace"):
+        train(data_dir, mine, CFG, overwrite=overwrite, verbose=False)
+    assert (mine / "config.json").read_text() == (export / "config.json").read_text() == '{"my": "settings"}'
+
+
 def test_resume_needs_a_latest_checkpoint(data_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         run_train(data_dir, tmp_path / "empty", resume=True)

@@ -60,3 +60,19 @@ def test_resume_keeps_the_run_s_own_limits_unless_given():
                      saved)
     assert (more.epochs, more.max_steps, more.max_minutes) == (10, 0, 59.0)  # given, even at their defaults
     assert from_args(parser.parse_args(["train", "--out", "x"])).epochs == TrainConfig().epochs
+
+
+def test_on_resume_a_flag_given_at_its_default_still_differs_from_the_saved_run():
+    saved = TrainConfig(preset="tiny", lr=2e-3, pack=False)
+    parser = build_parser()
+    given = from_args(parser.parse_args(["train", "--out", "x", "--resume", "--preset", "small", "--lr", "0.002"]),
+                      saved)
+    assert given.differences(saved) == {"preset": ("small", "tiny")}  # --lr equals the saved value: no difference
+    assert from_args(parser.parse_args(["train", "--out", "x", "--resume"]), saved) == saved
+
+
+def test_typed_fields_of_a_saved_configuration():
+    for field, value in (("epochs", "5"), ("lr", "0.1"), ("pack", 1), ("share_embeddings", "yes"), ("epochs", True)):
+        with pytest.raises(ValueError, match=f"{field} must be"):
+            TrainConfig.from_dict({**TrainConfig().to_dict(), field: value})
+    assert TrainConfig.from_dict({**TrainConfig().to_dict(), "lr": 1, "heads": None}).lr == 1  # a whole number is a float
