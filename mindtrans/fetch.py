@@ -24,7 +24,9 @@ Where the files come from, in this order:
      ``datasets/valid/*.en``, ``datasets/test/*.de``; also ``val``, ``dev``, ``test2016``);
    - a *base* (a URL or directory): on it, the per-file gzip of the Multi30k repository
      (``train.de.gz``, ``test_2016_flickr.en.gz``, ...) first, then the WMT16 tarball holding
-     the file (``training.tar.gz``, ``validation.tar.gz``, ``mmt_task1_test2016.tar.gz``);
+     the file (``training.tar.gz``, ``validation.tar.gz``, ``mmt_task1_test2016.tar.gz``).
+     A local directory is searched instead, as an archive is (any depth, case ignored), for
+     the texts plain or gzipped (told apart by content); a single such file is a mirror too;
 
 2. each remote file with the ``download`` package, then ``wget`` (which reads the user's
    wgetrc), then ``curl``, each in a child process that is stopped after ``--timeout``
@@ -289,18 +291,24 @@ class _Run:
             self._fail("-", source.location, "no download tool available (download, wget, curl)")
             return
         if source.kind == "archive":
-            self._get(source, None, self._from_archive)
+            if local is not None and _output_name(local.name.lower().removesuffix(".gz")):  # one text file
+                self._from_local_files(local.parent, [local])
+            else:
+                self._get(source, None, self._from_archive)
             return
         if local is not None and not local.is_dir():
             self._fail("local", str(local), "no such directory")
             return
+        if local is not None:
+            self._from_local_files(local, _files_under(local))
         for name in list(self.missing):
             if name not in self.missing:  # delivered meanwhile by a tarball
                 continue
             if local is None and self.cut_off[source.location] >= {tool for tool, _ in self.tools}:
                 self.log(f"  skipping the rest of {source.location}: unreachable")
                 return
-            if self._get(source, gzip_name(name), lambda path: self._from_gzip(path, name)):
+            if local is None and self._get(source, gzip_name(name),
+                                           lambda path: self._install_file(name, path, gzip_name(name), gzip.open)):
                 continue
             tarball = SPLITS[name.split(".")[0]].tarball
             if (source.location, tarball) not in self.tried_tarballs:
@@ -353,9 +361,26 @@ class _Run:
         self.failures.append(line)
         self.log(f"  {line}")
 
-    def _from_gzip(self, path, name):
+    def _from_local_files(self, root, paths):
+        """Install the missing files found among `paths` (under the directory `root`), each recognised
+        by its path as an archive member is (case ignored, a ``.gz`` suffix dropped); a known name is
+        tried before a file recognised by its folder, and the next one when a file fails its check."""
+        candidates = defaultdict(list)
+        for path in paths:
+            relative = path.relative_to(root).as_posix().lower().removesuffix(".gz")
+            name = _output_name(relative)
+            if name in self.missing:
+                candidates[name].append((posixpath.basename(relative) not in _KNOWN_NAMES, str(path), path))
+        for name, found in candidates.items():
+            for _, label, path in sorted(found):
+                if self._attempt("local", label, lambda: self._install_file(name, path, label)) is None:
+                    break
+
+    def _install_file(self, name, path, label, opener=None):
+        """Install `name` from the file at `path`, read with `opener` (by default: its text, gzipped or not,
+        told apart by content; a download named .gz must be a gzip)."""
         try:
-            self._install([(name, gzip_name(name), lambda: gzip.open(path))])
+            self._install([(name, label, lambda: (opener or _open_text_or_gzip)(path))])
         except (OSError, EOFError, zlib.error) as err:
             raise _Failed(_classify(str(err))) from err
 
@@ -406,6 +431,26 @@ def _local_path(mirror):
     if parsed.scheme and not PureWindowsPath(mirror).drive:
         return None
     return Path(mirror).expanduser()
+
+
+def _open_text_or_gzip(path):
+    """A binary stream of the text in `path`: gunzipped if it starts as a gzip does (a browser may
+    have saved a ``.gz`` already unpacked)."""
+    with open(path, "rb") as f:
+        gzipped = f.read(2) == b"\x1f\x8b"
+    return gzip.open(path) if gzipped else open(path, "rb")
+
+
+def _files_under(root, most: int = 10_000, depth: int = 6) -> list:
+    """The files under `root`, at most `most` and `depth` folders deep, hidden folders skipped, sorted."""
+    found = []
+    for directory, folders, files in os.walk(root):
+        inside = len(Path(directory).relative_to(root).parts)
+        folders[:] = sorted(f for f in folders if not f.startswith(".") and inside < depth)
+        found += [Path(directory) / name for name in sorted(files)]
+        if len(found) >= most:
+            break
+    return found[:most]
 
 
 def _existing(path):

@@ -382,6 +382,36 @@ def test_a_file_that_is_not_multi30k_is_kept_aside_and_fetched_again(tmp_path, g
     assert all((out / name).read_bytes() == texts[name] for name in NAMES)
 
 
+@pytest.mark.parametrize("layout", ["plain", "upper-case gzips", "nested, mixed", "the course's folders",
+                                    "gzips saved unpacked"])
+def test_a_local_mirror_is_searched_by_name_at_any_depth(tmp_path, gz_files, texts, layout):
+    files = {
+        "plain": {name: texts[name] for name in NAMES},
+        "upper-case gzips": {gzip_name(name).upper(): gz_files[gzip_name(name)] for name in NAMES},
+        "nested, mixed": {f"Multi30k/data/{gzip_name(name) if name.endswith('de') else name}":
+                          gz_files[gzip_name(name)] if name.endswith("de") else texts[name] for name in NAMES},
+        "the course's folders": {path: texts[name] for path, name in COURSE_ZIP.items()},
+        "gzips saved unpacked": {gzip_name(name): texts[name] for name in NAMES},
+    }[layout]
+    mirror = tmp_path / "mirror"
+    for relative, data in files.items():
+        (mirror / relative).parent.mkdir(parents=True, exist_ok=True)
+        (mirror / relative).write_bytes(data)
+    (mirror / "test").mkdir(exist_ok=True)  # another test set in a folder named test: not test2016
+    (mirror / "test" / "test_2017_flickr.de").write_bytes(b"Ein anderer Testsatz.\n")
+    _, log = run(tmp_path / "data", [str(mirror)])
+    assert log.count(": ok") == 6, log
+    assert_fetched(tmp_path / "data", texts)
+
+
+def test_a_single_text_file_is_a_mirror_of_itself(tmp_path, gz_files, texts):
+    populate(tmp_path / "data", texts, [name for name in NAMES if name != "val.en"])
+    single = write_dir(tmp_path / "download", {gzip_name("val.en"): gz_files[gzip_name("val.en")]})
+    _, log = run(tmp_path / "data", [str(single / gzip_name("val.en"))])
+    assert f"[local] {single / gzip_name('val.en')}: ok" in log
+    assert_fetched(tmp_path / "data", texts)
+
+
 def test_mirrors_in_the_environment_keep_the_colons_of_their_urls(monkeypatch):
     monkeypatch.setattr(fetch.os, "pathsep", ":")
     monkeypatch.setenv("MINDTRANS_MIRROR", "/data/m30k:https://127.0.0.1:8731/multi30k:~/zips/Multi30K.zip::"
