@@ -30,7 +30,8 @@ Where the files come from, in this order:
 
 2. each remote file with the ``download`` package, then ``wget`` (which reads the user's
    wgetrc), then ``curl``, each in a child process that is stopped after ``--timeout``
-   seconds without a byte, ``--deadline`` seconds in all, or once the file is larger than
+   seconds without a byte, ``--deadline`` seconds in all (a mirror that slow is then given up,
+   for every tool and file), or once the file is larger than
    it can be (``download_cap``: about twice the texts it may hold). A fetch stopped by
    SIGTERM removes its partial files; those of a killed one are removed by the next fetch.
 
@@ -305,7 +306,7 @@ class _Run:
             if name not in self.missing:  # delivered meanwhile by a tarball
                 continue
             if local is None and self.cut_off[source.location] >= {tool for tool, _ in self.tools}:
-                self.log(f"  skipping the rest of {source.location}: unreachable")
+                self.log(f"  skipping the rest of {source.location}: unreachable or too slow")
                 return
             if local is None and self._get(source, gzip_name(name),
                                            lambda path: self._install_file(name, path, gzip_name(name), gzip.open)):
@@ -342,6 +343,9 @@ class _Run:
                 return True
             if cause in UNREACHABLE:
                 self.cut_off[mirror].add(tool)
+            if cause.endswith("(--deadline)"):  # as slow for every tool and file: give the mirror up
+                self.cut_off[mirror].update(tool for tool, _ in self.tools)
+                break
             if cause == "HTTP 404":  # the server answered: another tool would hear the same
                 break
         return False
@@ -860,7 +864,8 @@ def add_fetch_arguments(parser):
     )  # fmt: skip
     parser.add_argument(
         "--deadline", type=_positive_seconds, default=DEFAULT_DEADLINE,
-        help=f"seconds one file may take in all, however slowly it arrives (default: {DEFAULT_DEADLINE:g})",
+        help=f"seconds one download may take in all, however slowly it arrives; a mirror that takes longer is "
+             f"given up (default: {DEFAULT_DEADLINE:g})",
     )  # fmt: skip
     return parser
 

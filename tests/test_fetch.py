@@ -267,7 +267,7 @@ def test_dead_mirrors_then_good_one(tmp_path, serve, refused_url, gz_files, text
     assert_fetched(tmp_path, texts)
     for tool in ("download", "wget", "curl"):
         assert f"[{tool}] {refused_url}/train.de.gz: connection refused" in log
-    assert f"skipping the rest of {refused_url}: unreachable" in log
+    assert f"skipping the rest of {refused_url}: unreachable or too slow" in log
     assert log.count(refused_url) == 4  # three tools once each, then the mirror is skipped
     assert f"[download] {url_404}/train.de.gz: HTTP 404" in log
     assert f"[wget] {url_404}/train.de.gz" not in log  # a 404 is not asked again
@@ -427,7 +427,7 @@ def test_unresponsive_mirror_costs_about_the_timeout(tmp_path, silent_url, gz_fi
     assert time.monotonic() - start < 15
     for tool in ("download", "wget", "curl"):
         assert f"[{tool}] {silent_url}/train.de.gz: timeout" in log
-    assert f"skipping the rest of {silent_url}: unreachable" in log
+    assert f"skipping the rest of {silent_url}: unreachable or too slow" in log
     assert_fetched(tmp_path / "data", texts)
 
 

@@ -553,6 +553,20 @@ def test_a_dripping_server_is_stopped_by_the_deadline(tmp_path, hermetic_fetch):
     assert list(fetch.multi30k_dir(tmp_path).iterdir()) == []
 
 
+def test_a_mirror_too_slow_for_one_file_is_given_up_for_all(tmp_path, hermetic_fetch):
+    server = _Dripping(every=0.2, size=10_000)
+    try:
+        started, lines = time.time(), []
+        with pytest.raises(fetch.FetchError):
+            fetch.fetch_multi30k(tmp_path, [server.url], timeout=5, deadline=1.0, log=lines.append)
+        took = time.time() - started
+    finally:
+        server.close()
+    assert sum("(--deadline)" in line for line in lines) == 1, lines  # not 3 tools x 9 files
+    assert any(f"skipping the rest of {server.url}: unreachable or too slow" in line for line in lines)
+    assert took < 1.0 + 6
+
+
 def test_a_download_larger_than_the_corpus_is_cut_off(tmp_path, hermetic_fetch, monkeypatch):
     monkeypatch.setattr(fetch, "download_cap", lambda filename=None: 200_000)
     import http.server
