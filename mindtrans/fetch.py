@@ -739,7 +739,7 @@ def _run_tool(command, dest, limit):
     env = {**os.environ, "LC_ALL": "C"}  # English messages, for _classify
     with tempfile.TemporaryFile() as errors:  # a file, not a pipe: a chatty tool never blocks on it
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors,
-                                   env=env)
+                                   env=env, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         try:
             cause = _watch(process, [dest, dest.with_name(dest.name + ".part")], limit)
         finally:
@@ -752,6 +752,15 @@ def _run_tool(command, dest, limit):
             errors.seek(0)
             text = errors.read().decode("utf-8", "replace")
             raise _Failed(_classify(text or f"exit status {process.returncode}"))
+
+
+def _die_with_parent():
+    """In the child (Linux): be killed when the fetch dies, even by SIGKILL, whose limits (size, deadline)
+    are watched from the fetch's side: an orphaned download would otherwise run on unwatched."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
 
 
 def _watch(process, paths, limit, every: float = 0.05):

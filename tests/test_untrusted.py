@@ -1,5 +1,6 @@
 """Files a user did not make, disks that fill and input they did not mean: every one is refused
 in one line that names what is wrong, nothing crashes natively and nothing is overwritten."""
+import contextlib
 import json
 import os
 import random
@@ -630,6 +631,48 @@ def test_sigterm_mid_download_leaves_no_partial_file(tmp_path):
         process.kill()
         server.close()
     assert list(directory.iterdir()) == []
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_download_dies_with_a_fetch_killed_by_sigkill(tmp_path):
+    server = _Dripping(every=0.1, size=100 << 20, chunk=64 << 10)
+    script = ("import sys; from mindtrans import fetch; fetch.BUILTIN_MIRRORS = (); "
+              "fetch.fetch_multi30k(sys.argv[1], [sys.argv[2]], timeout=5)")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WGETRC": os.devnull}
+
+    def children(pid):
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, IndexError):
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(stat.parent.name))
+        return found
+
+    try:
+        process = subprocess.Popen([sys.executable, "-c", script, str(tmp_path), server.url + "/Multi30K.zip"],
+                                   env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(200):  # until the download runs in its child process (at most 20 s)
+            downloads = children(process.pid)
+            if downloads:
+                break
+            time.sleep(0.1)
+        assert downloads
+        process.kill()
+        process.wait(timeout=30)
+        for _ in range(50):
+            if not any(Path(f"/proc/{pid}").exists() and "Z" not in _state(pid) for pid in downloads):
+                break
+            time.sleep(0.1)
+        assert not any(Path(f"/proc/{pid}").exists() and "Z" not in _state(pid) for pid in downloads)
+    finally:
+        process.kill()
+        server.close()
+
+
+def _state(pid) -> str:
+    with contextlib.suppress(OSError, IndexError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    return ""
 
 
 def test_a_killed_fetch_leaves_parts_the_next_one_removes(tmp_path, hermetic_fetch):
