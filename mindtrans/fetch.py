@@ -817,6 +817,8 @@ _CAUSES = [  # first match wins; covers Python, wget, curl, gzip, tarfile and zi
 
 def _classify(text):
     """Map a tool's error text to a short cause ("HTTP 404", "timeout", ...)."""
+    if re.search(r"infinite loop|redirections exceeded|Maximum \(\d+\) redirects", text):  # Python, wget, curl
+        return "redirect loop"
     if match := _HTTP_STATUS.search(text):
         return f"HTTP {match.group(1)}"
     for pattern, cause in _CAUSES:

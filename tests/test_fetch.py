@@ -823,3 +823,13 @@ def test_diagnose(tmp_path, texts, edit, diagnosis):
     served = tmp_path / "served"
     served.write_bytes(edit(texts["val.de"]))
     assert diagnosis in fetch._diagnose("val.de", served)
+
+
+@pytest.mark.parametrize("message", [
+    "HTTP Error 302: The HTTP server returned a redirect error that would lead to an infinite loop.\n"
+    "The last 30x error message was:\nFound",  # Python
+    "Location: /x.gz [following]\n20 redirections exceeded.",  # wget
+    "curl: (47) Maximum (50) redirects followed",  # curl
+])
+def test_a_redirect_loop_is_called_one(message):
+    assert fetch._classify(message) == "redirect loop"
