@@ -70,7 +70,13 @@ def load_bundle(path, weights: str = RunDir.MODEL, engine: str = "mindspore") ->
         raise BundleError(f"{run.path} is not a directory; pass the run directory written by `mindtrans train`")
     missing = [name for name in RunDir.BUNDLE[:3] + (weights,) if not (run / name).is_file()]
     if missing:
-        raise BundleError(f"bundle {run.path} is missing {', '.join(missing)}")
+        hint = ""
+        if run.is_export():
+            hint = " (it is an export: give its run directory, or translate with the export itself)"
+        elif missing == [RunDir.MODEL] and run.latest.is_file():
+            hint = (f" (its training stopped before the first validation wrote it: continue with "
+                    f"`mindtrans train --out {run.path} --resume`)")
+        raise BundleError(f"bundle {run.path} is missing {', '.join(missing)}{hint}")
     config, src_vocab, tgt_vocab = _read_config_and_vocabs(run)
     weights_only = weights != RunDir.MODEL
     try:

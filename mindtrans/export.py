@@ -117,4 +117,7 @@ def replace_directory(new: Path, out: Path) -> None:
     old = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.old"
     os.rename(out, old)
     os.rename(new, out)
-    shutil.rmtree(old)
+    if old.is_symlink():  # a link to an export: the link goes, not what it points to
+        old.unlink()
+    else:
+        shutil.rmtree(old)

@@ -52,6 +52,10 @@ class SubwordVocab:
                 raise ValueError(f"a subword vocabulary of {size} pieces is too small for this corpus: its "
                                  f"characters, 256 bytes and the specials need {needed.group(2)} "
                                  f"(raise --subword-size)") from None
+            at_most = re.search(r"value <= (\d+)", str(err))
+            if at_most:
+                raise ValueError(f"a subword vocabulary of {size} pieces is more than this corpus can make (at most "
+                                 f"{at_most.group(1)}): lower --subword-size") from None
             raise ValueError(f"cannot train the subword vocabulary: {first_line(err)}") from None
         return cls(model.getvalue())
 

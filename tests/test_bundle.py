@@ -112,6 +112,15 @@ def test_missing_file_is_named(copy, name):
         load_bundle(copy)
 
 
+def test_missing_weights_say_how_to_get_them(copy):
+    (copy / "model.ckpt").rename(copy / "latest.ckpt")  # stopped before its first validation
+    with pytest.raises(BundleError, match=rf"is missing model.ckpt \(.*mindtrans train --out {copy} --resume`\)$"):
+        load_bundle(copy)
+    (copy / "manifest.json").write_text("{}")
+    with pytest.raises(BundleError, match=r"is missing model.ckpt \(it is an export: give its run directory"):
+        load_bundle(copy)
+
+
 def test_missing_weights_file_chosen_by_name(copy):
     with pytest.raises(BundleError, match="is missing latest.ckpt"):
         load_bundle(copy, weights="latest.ckpt")

@@ -127,6 +127,19 @@ def test_overwrite_swaps_the_new_export_in_whole(tmp_path):
     assert [path.name for path in old.iterdir()] == [RunDir.MANIFEST] and (old / RunDir.MANIFEST).read_text() == "new"
 
 
+def test_overwrite_through_a_link_replaces_the_link_and_keeps_what_it_pointed_to(tmp_path):
+    from mindtrans.export import replace_directory
+
+    target, link, new = tmp_path / "exports" / "v1", tmp_path / "export", tmp_path / ".export.1234.tmp"
+    for directory in (target, new):
+        directory.mkdir(parents=True)
+        (directory / RunDir.MANIFEST).write_text(directory.name)
+    link.symlink_to(target)
+    replace_directory(new, link)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["export", "exports"] and not link.is_symlink()
+    assert (link / RunDir.MANIFEST).read_text() == new.name and (target / RunDir.MANIFEST).read_text() == "v1"
+
+
 def test_a_graph_mindspore_cannot_export_fails_in_one_line_and_leaves_nothing(bundle, tmp_path, monkeypatch, capsys):
     import mindspore as ms
 

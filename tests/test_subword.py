@@ -171,6 +171,12 @@ def test_too_small_a_subword_vocabulary_says_how_small():
         build_vocabs(PAIRS, "subword", size=270)
 
 
+def test_too_large_a_subword_vocabulary_says_how_large_it_can_be():
+    with pytest.raises(ValueError, match=r"of 100000 pieces is more than this corpus can make \(at most \d+\): "
+                                         r"lower --subword-size$"):
+        build_vocabs(PAIRS, "subword", size=100_000)
+
+
 def test_a_subword_run_trains_resumes_and_translates_cased(tmp_path):
     from mindtrans.corpus import write_synthetic
     from mindtrans.training import train
