@@ -15,7 +15,7 @@ from mindtrans.decode import Translator
 from mindtrans.model import Transformer
 from mindtrans.params import count_parameters, estimate_parameters
 from mindtrans.subword import SubwordVocab, build_vocabs, load_vocab
-from mindtrans.train_config import TrainConfig
+from mindtrans.train_config import TrainConfig, from_args
 
 PAIRS = synthetic_pairs(400, seed=11) + [("Paris und McDonald.", "Paris and McDonald.")] * 3
 
@@ -161,8 +161,8 @@ def test_vocab_and_sharing_are_train_flags():
     args = parser.parse_args(["train", "--out", "x", "--vocab", "subword", "--subword-size", "4000",
                               "--share-embeddings"])
     assert (args.vocab, args.subword_size, args.share_embeddings) == ("subword", 4000, True)
-    args = parser.parse_args(["train", "--out", "x"])
-    assert (args.vocab, args.share_embeddings, args.pack) == ("word", False, True)
+    cfg = from_args(parser.parse_args(["train", "--out", "x"]))
+    assert (cfg.vocab, cfg.share_embeddings, cfg.pack) == ("word", False, True)
     assert np.isclose(TrainConfig.from_dict(TrainConfig().to_dict()).lr, TrainConfig().lr)
 
 
