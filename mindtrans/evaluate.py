@@ -1,6 +1,7 @@
 """Score a trained bundle on parallel text: sacreBLEU (cased, the headline), tokenized
 lowercased BLEU (the tutorials' figure), loss and perplexity."""
 import time
+import warnings
 
 from mindtrans.batching import BucketBatcher
 from mindtrans.data import encode_pairs, load_split, read_parallel, tokenize
@@ -22,6 +23,10 @@ def evaluate_files(bundle, src_path, ref_path, beam_size: int = DEFAULT_BEAM, al
     """The same for any parallel text: `src_path` (German) against `ref_path` (its English), line by line."""
     _check_limit(limit)
     pairs = read_parallel(src_path, ref_path)[:limit]
+    lone = [number for number, (src, ref) in enumerate(pairs, 1) if not src and ref]
+    if lone:  # scored as sacreBLEU would (an empty translation), but more likely a misalignment
+        warnings.warn(f"{len(lone)} blank line(s) of {src_path} face a reference in {ref_path} (the first: line "
+                      f"{lone[0]}): are the two files aligned?", stacklevel=2)
     return {"split": str(src_path), "reference": str(ref_path), **score_pairs(bundle, pairs, beam_size, alpha)}
 
 

@@ -375,6 +375,16 @@ def test_a_beam_times_batch_beyond_memory_is_refused_saying_so(bundle, monkeypat
     assert "beam 1000 x batch 1 = 1000 rows could need" in line and "--batch-size" in line
 
 
+def test_evaluate_says_when_a_blank_source_faces_a_reference(bundle, tmp_path, capsys):
+    (tmp_path / "a.de").write_text("Ein Hund.\n\nZwei Hunde.\n\n")
+    (tmp_path / "a.en").write_text("A dog.\nA cat.\nTwo dogs.\n\n")  # line 4: blank on both sides, no warning
+    assert cli.main(["evaluate", str(bundle), "--src", str(tmp_path / "a.de"), "--ref", str(tmp_path / "a.en"),
+                     "--beam", "1"]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        f"mindtrans evaluate: warning: 1 blank line(s) of {tmp_path / 'a.de'} face a reference in "
+        f"{tmp_path / 'a.en'} (the first: line 2): are the two files aligned?"]
+
+
 def test_empty_lines_translate_to_empty_lines(bundle):
     translator = load_bundle(bundle).translator()
     out = translator.translate(["", "Ein Hund.", "   ", "\t"], beam_size=1)
