@@ -86,8 +86,7 @@ def load_bundle(path, weights: str = RunDir.MODEL, engine: str = "mindspore") ->
     except ValueError as err:
         raise BundleError(str(err)) from err
     _check_unchanged(run, RunDir.BUNDLE[:3] + (weights,))
-    return Bundle(run.path, config, model, src_vocab, tgt_vocab, run.read_json(RunDir.METADATA)
-                  if (run / RunDir.METADATA).is_file() else {})
+    return Bundle(run.path, config, model, src_vocab, tgt_vocab, run.metadata())
 
 
 def _mindspore_model(config, saved: dict, path, weights_only: bool):

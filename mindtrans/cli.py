@@ -349,7 +349,13 @@ def main(argv=None) -> int:
     def warning_line(message, category, filename, lineno, file=None, line=None):  # one line, no source quoted
         print(f"mindtrans {args.command}: warning: {message}", file=sys.stderr)
 
-    warnings.showwarning = warning_line
+    with warnings.catch_warnings():  # Python's own display is back when main returns
+        warnings.showwarning = warning_line
+        return run_command(args)
+
+
+def run_command(args) -> int:
+    """`args.func(args)`, an error reported in one line: the exit status (1 on an error, 130 on Ctrl-C)."""
     from mindtrans.bundle import BundleError
     from mindtrans.fetch import FetchError
 

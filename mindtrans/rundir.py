@@ -96,10 +96,13 @@ class RunDir:
         })
         self.record_digests()
 
+    def metadata(self) -> dict:
+        """metadata.json ({} before there is one)."""
+        return self.read_json(self.METADATA) if (self.path / self.METADATA).is_file() else {}
+
     def update_metadata(self, updates: dict) -> dict:
         """Merge `updates` into metadata.json (e.g. final metrics) and return the result."""
-        path = self.path / self.METADATA
-        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        data = self.metadata()
         data.update(updates)
         self.write_json(self.METADATA, data)
         return data
@@ -111,8 +114,7 @@ class RunDir:
 
     def changed_files(self, names=BUNDLE) -> list:
         """Those of `names` whose sha256 is not the one metadata.json records (none recorded: [])."""
-        path = self.path / self.METADATA
-        recorded = json.loads(path.read_text(encoding="utf-8")).get("files_sha256", {}) if path.is_file() else {}
+        recorded = self.metadata().get("files_sha256", {})
         return [name for name in names if name in recorded and sha256_file(self.path / name) != recorded[name]]
 
     def check_resumable(self, data_files) -> None:
@@ -122,8 +124,7 @@ class RunDir:
         if changed:
             raise ValueError(f"{', '.join(changed)} in {self.path} changed after the run saved it: resuming would "
                              f"train these weights with another model or vocabulary; restore it or start a new run")
-        path = self.path / self.METADATA
-        recorded = json.loads(path.read_text(encoding="utf-8")).get("data_sha256", {}) if path.is_file() else {}
+        recorded = self.metadata().get("data_sha256", {})
         for data in map(Path, data_files):
             if data.name in recorded and (not data.is_file() or sha256_file(data) != recorded[data.name]):
                 used = self.train_info().get("data_dir", "the one it trained with")

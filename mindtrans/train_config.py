@@ -102,7 +102,7 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown TrainConfig fields {unknown}; known fields: {[f.name for f in fields(cls)]}")
         for f in fields(cls):
-            kind = PRESET_OVERRIDES.get(f.name, type(f.default))
+            kind = _value_type(f)
             value = data.get(f.name, f.default)
             if not (value is None and f.name in PRESET_OVERRIDES or _is_a(value, kind)):
                 raise ValueError(f"{f.name} must be {kind.__name__}, got {value!r}")
@@ -122,6 +122,11 @@ class TrainConfig:
         """{field: (this value, other's)} where the two differ."""
         return {f.name: (getattr(self, f.name), getattr(other, f.name)) for f in fields(self)
                 if getattr(self, f.name) != getattr(other, f.name)}
+
+
+def _value_type(f) -> type:
+    """The type of a TrainConfig field's values (a preset override's default is None)."""
+    return PRESET_OVERRIDES.get(f.name, type(f.default))
 
 
 def _is_a(value, kind) -> bool:
@@ -145,7 +150,7 @@ def add_arguments(parser) -> None:
             action = "store_false" if f.default else "store_true"
             parser.add_argument(flag(f.name), dest=f.name, action=action, default=None, help=f.metadata["help"])
             continue
-        kind = PRESET_OVERRIDES.get(f.name, type(f.default))
+        kind = _value_type(f)
         extra = {"choices": f.metadata["choices"]} if "choices" in f.metadata else {}
         default = "the preset's" if f.default is None else f.default
         if f.name in RESUME_OVERRIDES:
