@@ -114,8 +114,8 @@ def _check_unchanged(run: RunDir, names) -> None:
     """BundleError naming the first of `names` whose sha256 is not the one metadata.json records."""
     try:
         changed = run.changed_files(names)
-    except (ValueError, AttributeError) as err:
-        raise BundleError(f"{run / RunDir.METADATA} is not a valid metadata file: {err}") from err
+    except ValueError as err:
+        raise BundleError(str(err)) from None
     if changed:
         raise BundleError(f"{run / changed[0]} changed after the bundle was saved (its sha256 is not the one "
                           f"{RunDir.METADATA} records): restore the original file, or train the model again")

@@ -97,8 +97,19 @@ class RunDir:
         self.record_digests()
 
     def metadata(self) -> dict:
-        """metadata.json ({} before there is one)."""
-        return self.read_json(self.METADATA) if (self.path / self.METADATA).is_file() else {}
+        """metadata.json ({} before there is one); ValueError naming the file if it is not one mindtrans wrote."""
+        path = self.path / self.METADATA
+        if not path.is_file():
+            return {}
+        try:
+            data = self.read_json(self.METADATA)
+            problem = _metadata_problem(data)
+        except ValueError as err:
+            problem = f"it is not JSON ({err})"
+        if problem:
+            raise ValueError(f"{path} is not a metadata file mindtrans wrote: {problem}; restore it, "
+                             f"or delete it (the checksums it records are then not checked)")
+        return data
 
     def update_metadata(self, updates: dict) -> dict:
         """Merge `updates` into metadata.json (e.g. final metrics) and return the result."""
@@ -184,3 +195,15 @@ class RunDir:
         for path in removed:
             path.unlink()
         return removed
+
+
+def _metadata_problem(data) -> str:
+    """What makes `data` not a metadata.json mindtrans wrote ('' if nothing): a JSON object whose
+    checksum tables map file names to sha256 strings."""
+    if not isinstance(data, dict):
+        return f"it holds a JSON {type(data).__name__}, not an object"
+    for key in ("files_sha256", "data_sha256"):
+        table = data.get(key, {})
+        if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
+            return f'its "{key}" is not a table of file names and sha256 sums'
+    return ""

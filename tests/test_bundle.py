@@ -179,10 +179,19 @@ def test_invalid_vocabulary_file(copy):
         load_bundle(copy)
 
 
-def test_corrupt_metadata_names_the_file(copy):
-    (copy / "metadata.json").write_text("{truncated")
-    with pytest.raises(BundleError, match="metadata.json"):
+@pytest.mark.parametrize("text, problem", [
+    ("{truncated", "it is not JSON"),
+    ('["config.json"]', "it holds a JSON list, not an object"),
+    ('{"files_sha256": ["config.json"]}', 'its "files_sha256" is not a table of file names and sha256 sums'),
+    ('{"files_sha256": {"config.json": 1}}', 'its "files_sha256" is not a table'),
+])
+def test_corrupt_metadata_names_the_file_and_the_fix(copy, text, problem):
+    (copy / "metadata.json").write_text(text)
+    with pytest.raises(BundleError, match=rf"metadata.json is not a metadata file mindtrans wrote: {problem}.*; "
+                                          r"restore it, or delete it"):
         load_bundle(copy)
+    (copy / "metadata.json").unlink()
+    assert load_bundle(copy).metadata == {}  # the fix the message offers works
 
 
 def test_save_bundle_writes_what_load_bundle_reads(saved, tmp_path):

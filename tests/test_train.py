@@ -280,6 +280,8 @@ def test_resume_trains_on_the_corpus_it_started_on_not_a_new_auto_choice(data_di
      r"train_config.json is not a training configuration .*epochs must be int, got '2'"),
     (lambda out: shutil.copy(out / "model.ckpt", out / "latest.ckpt"),
      r"latest.ckpt holds weights but no training progress"),
+    (lambda out: (out / "metadata.json").write_text("[]"),
+     r"metadata.json is not a metadata file mindtrans wrote: it holds a JSON list, not an object; restore it"),
 ])
 def test_resume_refuses_a_run_or_data_changed_since_it_saved_them(data_dir, stopped_run, tmp_path, damage,
                                                                    expected):
