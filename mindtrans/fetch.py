@@ -48,6 +48,7 @@ Command line: ``python data_scripts/fetch_multi30k.py --help`` (or ``mindtrans f
 """
 import argparse
 import contextlib
+import functools
 import gzip
 import hashlib
 import importlib.util
@@ -292,7 +293,7 @@ class _Run:
             self._fail("-", source.location, "no download tool available (download, wget, curl)")
             return
         if source.kind == "archive":
-            if local is not None and _output_name(local.name.lower().removesuffix(".gz")):  # one text file
+            if local is not None and _output_name(local.name):  # one text file, plain or gzipped
                 self._from_local_files(local.parent, [local])
             else:
                 self._get(source, None, self._from_archive)
@@ -309,7 +310,7 @@ class _Run:
                 self.log(f"  skipping the rest of {source.location}: unreachable or too slow")
                 return
             if local is None and self._get(source, gzip_name(name),
-                                           lambda path: self._install_file(name, path, gzip_name(name), gzip.open)):
+                                           lambda path: self._install_file(name, path, gzip_name(name), must_be_gzip=True)):
                 continue
             tarball = SPLITS[name.split(".")[0]].tarball
             if (source.location, tarball) not in self.tried_tarballs:
@@ -371,20 +372,22 @@ class _Run:
         tried before a file recognised by its folder, and the next one when a file fails its check."""
         candidates = defaultdict(list)
         for path in paths:
-            relative = path.relative_to(root).as_posix().lower().removesuffix(".gz")
+            relative = path.relative_to(root).as_posix()
             name = _output_name(relative)
             if name in self.missing:
-                candidates[name].append((posixpath.basename(relative) not in _KNOWN_NAMES, str(path), path))
+                candidates[name].append((not _has_known_name(relative), str(path), path))
         for name, found in candidates.items():
             for _, label, path in sorted(found):
                 if self._attempt("local", label, lambda: self._install_file(name, path, label)) is None:
                     break
 
-    def _install_file(self, name, path, label, opener=None):
-        """Install `name` from the file at `path`, read with `opener` (by default: its text, gzipped or not,
-        told apart by content; a download named .gz must be a gzip)."""
+    def _install_file(self, name, path, label, must_be_gzip=False):
+        """Install `name` from the file at `path`: its text, gzipped or not, told apart by content (a
+        download named .gz must be a gzip)."""
+        opener = functools.partial(gzip.open, path) if must_be_gzip else functools.partial(
+            _gunzipped_if_gzip, functools.partial(open, path, "rb"))
         try:
-            self._install([(name, label, lambda: (opener or _open_text_or_gzip)(path))])
+            self._install([(name, label, opener)])
         except (OSError, EOFError, zlib.error) as err:
             raise _Failed(_classify(str(err))) from err
 
@@ -393,8 +396,8 @@ class _Run:
         try:
             with _archive_members(path) as members:
                 chosen = _choose_members(members)
-                wanted = [(name, m.name, m.open) for name, m in chosen.items()]
-                wanted = [member for member in wanted if member[0] in self.missing]
+                wanted = [(name, m.name, functools.partial(_gunzipped_if_gzip, m.open))
+                          for name, m in chosen.items() if name in self.missing]
                 if not wanted:
                     raise _Failed("archive holds none of the missing files")
                 self._install(wanted)
@@ -437,12 +440,16 @@ def _local_path(mirror):
     return Path(mirror).expanduser()
 
 
-def _open_text_or_gzip(path):
-    """A binary stream of the text in `path`: gunzipped if it starts as a gzip does (a browser may
-    have saved a ``.gz`` already unpacked)."""
-    with open(path, "rb") as f:
-        gzipped = f.read(2) == b"\x1f\x8b"
-    return gzip.open(path) if gzipped else open(path, "rb")
+@contextlib.contextmanager
+def _gunzipped_if_gzip(open_binary):
+    """The binary stream `open_binary()` returns, gunzipped if it starts as a gzip does (told apart
+    by content: a browser may have saved a ``.gz`` already unpacked, and an archive may hold either)."""
+    with open_binary() as raw:
+        if raw.peek(2)[:2] == b"\x1f\x8b":
+            with gzip.GzipFile(fileobj=raw) as text:
+                yield text
+        else:
+            yield raw
 
 
 def _files_under(root, most: int = 10_000, depth: int = 6) -> list:
@@ -575,6 +582,9 @@ def _choose_members(members):
         name = _output_name(member.name) if member.kind == "file" else None
         if name is None:
             continue
+        if name in chosen and _same_file_gzipped(chosen[name].name, member.name):
+            chosen[name] = min(chosen[name], member, key=lambda m: m.name.lower().endswith(".gz"))  # plain first
+            continue
         if name in chosen:
             raise _Failed(
                 f"ambiguous archive: {chosen[name].name!r} and {member.name!r} could both be"
@@ -590,13 +600,14 @@ def _choose_members(members):
 
 
 def _output_name(member_name):
-    """The output file an archive member becomes, or None.
+    """The output file an archive member or a file in a local mirror becomes, or None.
 
     A known name at any depth (train.de, val.en, test2016.de, test_2016_flickr.en), else
     a ``.de``/``.en`` file in a folder named train, valid/val/dev or test/test2016, as in the
-    course's zip (``datasets/valid/<anything>.de``). Hidden files and ``__MACOSX`` are skipped.
+    course's zip (``datasets/valid/<anything>.de``); case ignored, a ``.gz`` suffix dropped.
+    Hidden files and ``__MACOSX`` are skipped.
     """
-    parts = [part for part in member_name.split("/") if part not in ("", ".")]
+    parts = [part for part in member_name.lower().removesuffix(".gz").split("/") if part not in ("", ".")]
     if not parts or any(part.startswith(".") or part == "__MACOSX" for part in parts):
         return None
     if parts[-1] in _KNOWN_NAMES:
@@ -606,6 +617,16 @@ def _output_name(member_name):
     if stem and lang in LANGS and folder in _FOLDERS:
         return f"{_FOLDERS[folder]}.{lang}"
     return None
+
+
+def _has_known_name(member_name) -> bool:
+    """Whether `member_name` is recognised by its file name (train.de.gz, Test2016.EN), not by its folder."""
+    return posixpath.basename(member_name.lower().removesuffix(".gz")) in _KNOWN_NAMES
+
+
+def _same_file_gzipped(name, other) -> bool:
+    """Whether one of two member names is the other with ``.gz`` added (train.de, train.de.gz)."""
+    return name != other and name.lower().removesuffix(".gz") == other.lower().removesuffix(".gz")
 
 
 def _cap(name):

@@ -607,6 +607,9 @@ def test_parse_source(tmp_path):
         ("datasets/train/.hidden.de", None),
         ("__MACOSX/datasets/train/._train.de", None),
         ("datasets/train/", None),
+        ("raw/TRAIN.DE.gz", "train.de"),
+        ("Datasets/Valid/x.EN", "val.en"),
+        ("datasets/train/train.de.gz.bak", None),
     ],
 )
 def test_output_name(member, name):
@@ -646,6 +649,27 @@ def test_course_zip_local_path(tmp_path, capsys, texts, as_url):
 def test_tarballs_as_archive_mirrors(tmp_path, tarballs, texts):
     mirror = write_dir(tmp_path / "mirror", tarballs)
     run(tmp_path / "data", [mirror / name for name in TARBALL_MEMBERS])
+    assert_fetched(tmp_path / "data", texts)
+
+
+@pytest.mark.parametrize("compression", ["w", "w:gz"])
+def test_an_archive_of_the_six_gzips_is_unpacked_twice(tmp_path, gz_files, texts, compression):
+    buffer = io.BytesIO()  # what `tar czf multi30k.tgz *.gz` makes of the repository's files
+    with tarfile.open(fileobj=buffer, mode=compression) as tar:
+        for name, data in gz_files.items():
+            tar.addfile(regular(f"raw/{name.upper() if name.startswith('val') else name}", data)[0],
+                        io.BytesIO(data))
+    archive = write_dir(tmp_path / "mirror", {"multi30k.tgz": buffer.getvalue()}) / "multi30k.tgz"
+    run(tmp_path / "data", [archive])
+    assert_fetched(tmp_path / "data", texts)
+    assert leftovers(tmp_path) == []
+
+
+def test_an_archive_holding_a_file_both_plain_and_gzipped_is_not_ambiguous(tmp_path, gz_files, texts):
+    members = [(name, data) for name, data in gz_files.items()]  # gunzipped beside the gzip, then the plain:
+    members += [(name.removesuffix(".gz"), gzip.decompress(data)) for name, data in gz_files.items()]
+    archive = write_dir(tmp_path / "mirror", {"both.zip": make_zip(members)}) / "both.zip"
+    run(tmp_path / "data", [archive])
     assert_fetched(tmp_path / "data", texts)
 
 
@@ -758,6 +782,15 @@ def test_bomb_is_refused_without_writing_past_the_cap(tmp_path, monkeypatch, tex
         assert written == []  # refused from its header, before unpacking anything
     if kind == "gzip":
         assert len(written) == 1  # no size in the header: refused while streaming
+
+
+def test_a_gzipped_member_unpacking_past_the_cap_is_refused(tmp_path, texts):
+    members = [(name, texts[name]) for name in NAMES if name != "val.de"]
+    members.append(("val.de.gz", gzip.compress(BOMB, compresslevel=1)))
+    archive = write_dir(tmp_path / "mirror", {"bomb.zip": make_zip(members)}) / "bomb.zip"
+    message, _ = run_failing(tmp_path / "data", [archive])
+    assert "val.de.gz (for val.de) unpacks to more than 217498 bytes; refused" in message
+    assert list(fetch.multi30k_dir(tmp_path / "data").iterdir()) == []
     assert list(fetch.multi30k_dir(tmp_path / "data").iterdir()) == []
 
 
@@ -833,3 +866,4 @@ def test_diagnose(tmp_path, texts, edit, diagnosis):
 ])
 def test_a_redirect_loop_is_called_one(message):
     assert fetch._classify(message) == "redirect loop"
+
