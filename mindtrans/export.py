@@ -85,6 +85,10 @@ def check_target(out: Path, overwrite: bool) -> None:
     if not out.is_dir() or (any(out.iterdir()) and not RunDir(out).is_export()):
         raise FileExistsError(f"--out {out} is not an export (no {RunDir.MANIFEST}), so --overwrite does not replace "
                               f"it: choose another directory")
+    here = Path.cwd()
+    if Path(os.path.abspath(out)) in (here, *here.parents):
+        raise FileExistsError(f"--out {out} holds the current directory, which cannot be replaced while in use: "
+                              f"run the export from outside it (cd ..)")
 
 
 def export_bundle(bundle_dir, out, overwrite: bool = False) -> Path:
@@ -93,8 +97,9 @@ def export_bundle(bundle_dir, out, overwrite: bool = False) -> Path:
     out = Path(out)
     check_target(out, overwrite)
     bundle = load_bundle(bundle_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"
+    where = Path(os.path.abspath(out))  # "." and "sub/.." have no name to put a temporary beside
+    where.parent.mkdir(parents=True, exist_ok=True)
+    work = where.parent / f".{where.name}.{uuid.uuid4().hex[:8]}.tmp"
     work.mkdir()  # not mkdtemp: an export is meant to be shared, so the umask decides
     try:
         dtype = cache_dtype(bundle.model)
@@ -102,7 +107,7 @@ def export_bundle(bundle_dir, out, overwrite: bool = False) -> Path:
         for name in (RunDir.CONFIG, RunDir.SRC_VOCAB, RunDir.TGT_VOCAB):
             shutil.copyfile(bundle.path / name, work / name)
         RunDir(work).write_json(RunDir.MANIFEST, manifest(work, bundle, dtype))
-        replace_directory(work, out)
+        replace_directory(work, where)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

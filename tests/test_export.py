@@ -114,6 +114,21 @@ def test_export_never_replaces_a_directory_without_overwrite(bundle, exported, c
     assert (bundle / "model.ckpt").is_file()
 
 
+@pytest.mark.parametrize("inside", [".", "sub"])
+def test_overwrite_refuses_the_export_the_shell_is_in(bundle, exported, tmp_path, monkeypatch, capsys, inside):
+    copy = tmp_path / "copy"
+    shutil.copytree(exported, copy)
+    (copy / "sub").mkdir()
+    monkeypatch.chdir(copy / inside)
+    before = sorted(path.name for path in copy.iterdir())
+    assert main(["export", str(bundle), "--out", str(copy) if inside == "sub" else ".", "--overwrite"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds the current directory, which cannot be replaced while in use: " \
+        "run the export from outside it (cd ..)" in err
+    assert sorted(path.name for path in copy.iterdir()) == before
+    assert [path.name for path in tmp_path.iterdir()] == ["copy"]  # no temporary left beside it
+
+
 def test_overwrite_swaps_the_new_export_in_whole(tmp_path):
     from mindtrans.export import replace_directory
 
