@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 from common import emit, multi30k_dir, peak_rss_gb
+from mindtrans.fetch import add_data_dir_argument
 
 
 def naive_greedy(model, src_ids, steps: int):
@@ -37,7 +38,7 @@ def naive_greedy(model, src_ids, steps: int):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", help="a trained run directory (default: an untrained 'small' model)")
-    parser.add_argument("--data-dir", default="data")
+    add_data_dir_argument(parser)
     parser.add_argument("--naive-sentences", type=int, default=20)
     parser.add_argument("--fixed-steps", type=int, default=25, help="output length without a trained bundle")
     parser.add_argument("--out", help="also write the JSON report to this file")

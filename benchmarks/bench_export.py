@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from common import emit, multi30k_dir, peak_rss_gb
+from mindtrans.fetch import add_data_dir_argument
 
 
 def timed(fn):
@@ -36,7 +37,7 @@ def translate_all(opened, sources, beam_sizes, report: dict, name: str) -> dict:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", required=True, help="a trained run directory")
-    parser.add_argument("--data-dir", default="data")
+    add_data_dir_argument(parser)
     parser.add_argument("--limit", type=int, help="only the first N test2016 sentences")
     parser.add_argument("--beam-sizes", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--out", help="also write the JSON report to this file")

@@ -21,8 +21,8 @@ import time
 import numpy as np
 from common import (add_batching_options, batch_pairs, emit, mindspore_sgemm_gflops, multi30k_train_batcher,
                     numpy_sgemm_gflops, parse_batching_options, peak_rss_gb, preset_train_step)
-
 from mindtrans.data import PAD
+from mindtrans.fetch import add_data_dir_argument
 
 
 def train_flops(config, batch, src_len, tgt_len):
@@ -96,7 +96,7 @@ def bench_preset(preset, batcher, src_vocab, tgt_vocab, steps: int, full_epoch: 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default="data")
+    add_data_dir_argument(parser)
     parser.add_argument("--presets", default="small,course")
     parser.add_argument("--steps", type=int, default=8, help="timed steps per preset")
     parser.add_argument("--no-epoch", action="store_true", help="skip the full-epoch timing of 'small'")

@@ -16,6 +16,7 @@ import sys
 import time
 
 from common import ROOT, emit, multi30k_dir
+from mindtrans.fetch import add_data_dir_argument
 
 TARGETS_S = {"greedy": 6.0, "beam4": 25.0}  # issue #16: through the CLI, process start included
 SEARCHES = {"greedy": 1, "beam4": 4}
@@ -38,7 +39,7 @@ def translate(bundle: str, engine: str, beam: int, stdin_path=None, sentence: st
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", required=True, help="a trained run directory")
-    parser.add_argument("--data-dir", default="data")
+    add_data_dir_argument(parser)
     parser.add_argument("--split", default="test2016", choices=["val", "test2016"])
     parser.add_argument("--out", help="also write the JSON report to this file")
     args = parser.parse_args()

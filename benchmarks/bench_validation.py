@@ -13,6 +13,7 @@ import statistics
 import time
 
 from common import emit, multi30k_dir
+from mindtrans.fetch import add_data_dir_argument
 
 SCALES = (1, 2, 4, 8)
 
@@ -22,7 +23,7 @@ def main():
     parser.add_argument("--preset", default="small")
     parser.add_argument("--batch-tokens", type=int, default=2048, help="the training batch (the quick recipe's)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--data-dir", default="data")
+    add_data_dir_argument(parser)
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args()
 

@@ -10,12 +10,13 @@ best pair by tokenized BLEU is named last ("chosen").
 import argparse
 
 from common import ROOT, emit, multi30k_dir
+from mindtrans.fetch import add_data_dir_argument
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bundle", help="a trained run directory (model bundle)")
-    parser.add_argument("--data-dir", default="data")
+    add_data_dir_argument(parser)
     parser.add_argument("--beams", type=int, nargs="+", default=[1, 4, 6])
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.6, 1.0])
     parser.add_argument("--out", help="also write the JSON here")

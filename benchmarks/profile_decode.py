@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from common import emit, mindspore_sgemm_gflops, multi30k_dir
+from mindtrans.fetch import add_data_dir_argument
 from profile_train import kernel_table
 
 
@@ -133,7 +134,7 @@ def step_kernels(translator, sources, top: int) -> dict:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", required=True, help="a trained run directory")
-    parser.add_argument("--data-dir", default="data")
+    add_data_dir_argument(parser)
     parser.add_argument("--split", default="test2016")
     parser.add_argument("--top", type=int, default=12, help="kernel types listed")
     parser.add_argument("--out", help="also write the JSON report to this file")

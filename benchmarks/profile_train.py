@@ -22,6 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 from common import add_batching_options, emit, multi30k_train_batcher, parse_batching_options, preset_train_step
+from mindtrans.fetch import add_data_dir_argument
 
 
 def kernel_table(profile_dir: Path) -> dict:
@@ -37,7 +38,7 @@ def kernel_table(profile_dir: Path) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default="data")
+    add_data_dir_argument(parser)
     parser.add_argument("--preset", default="small")
     parser.add_argument("--steps", type=int, default=4, help="profiled steps")
     add_batching_options(parser)

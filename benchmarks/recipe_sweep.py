@@ -24,12 +24,16 @@ import time
 import warnings
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+try:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+except ImportError:
+    sys.exit("recipe_sweep.py trains a PyTorch stand-in: install PyTorch first (pip install torch; a GPU makes it fast)")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mindtrans.data import BOS, EOS, PAD, load_split, tokenize  # noqa: E402 (these need no MindSpore)
+from mindtrans.fetch import add_data_dir_argument  # noqa: E402
 from mindtrans.files import atomic_write_text  # noqa: E402
 from mindtrans.metrics import sacrebleu_score, tokenized_bleu  # noqa: E402
 from mindtrans.subword import build_vocabs  # noqa: E402
@@ -167,7 +171,7 @@ def main():
     parser.add_argument("--config", help="one configuration: JSON overriding " + json.dumps(DEFAULTS))
     parser.add_argument("--configs", help="a file of configurations, one JSON object a line, run side by side")
     parser.add_argument("--parallel", type=int, default=8, help="configurations trained at once (one GPU)")
-    parser.add_argument("--data-dir", default="data")
+    add_data_dir_argument(parser)
     parser.add_argument("--out", help="write the results (a JSON list) here too")
     args = parser.parse_args()
     if bool(args.config) == bool(args.configs):

@@ -16,6 +16,7 @@ import platform
 from pathlib import Path
 
 from common import ROOT, emit, multi30k_dir, peak_rss_gb
+from mindtrans.fetch import add_data_dir_argument
 
 
 def hardware() -> dict:
@@ -48,7 +49,7 @@ def train_command(train_args: dict, out: str) -> str:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", help="a finished run directory (a model bundle)")
-    parser.add_argument("--data-dir", default="data")
+    add_data_dir_argument(parser)
     parser.add_argument("--name", help="results file name without .json (default: the run directory's name)")
     parser.add_argument("--how", default="", help="how the run was launched, if not with `mindtrans train`")
     parser.add_argument("--beam", type=int, default=4)

@@ -7,13 +7,8 @@ import warnings
 
 from mindtrans import __version__, train_config
 from mindtrans.config import PRESETS
-from mindtrans.fetch import DEFAULT_DATA_DIR, add_fetch_arguments
+from mindtrans.fetch import add_data_dir_argument, add_fetch_arguments
 from mindtrans.rundir import RunDir
-
-
-def add_data_dir(parser):
-    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
-                        help=f"where datasets live (default: {DEFAULT_DATA_DIR!r}, or $MINDTRANS_DATA_DIR)")
 
 
 def add_device(parser):
@@ -225,7 +220,7 @@ def add_use_commands(sub) -> None:
                        "signature is printed) and BLEU on tokenized, lowercased words (the tutorials' figure). "
                        "Every line is a sentence pair, blank ones included, as sacreBLEU counts them.")
     p.add_argument("run_dir", help="a run directory written by `mindtrans train`")
-    add_data_dir(p)
+    add_data_dir_argument(p)
     p.add_argument("--split", choices=["train", "val", "test2016"], help="default: test2016")
     p.add_argument("--corpus", choices=["multi30k", "synthetic"], help="default: the one the model was trained on")
     p.add_argument("--src", help="instead of --split: a file of German sentences, one per line (UTF-8)")
@@ -276,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "launcher, it trains data-parallel on several devices or machines, e.g. `msrun "
                                    "--worker_num=8 --local_worker_num=8 --join=True python -m mindtrans train ...` "
                                    "(see the README).")
-    add_data_dir(p)
+    add_data_dir_argument(p)
     p.add_argument("--out", required=True, help="run directory: checkpoints, logs and the model bundle")
     p.add_argument("--resume", action="store_true", help="continue from OUT/latest.ckpt with the run's saved "
                    "configuration (only --epochs, --max-steps and --max-minutes change; other flags are ignored, "
@@ -302,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="The main job: fetch Multi30k (the embedded synthetic corpus when no mirror "
                        "answers), train the 'small' preset for --minutes, score test2016 with beam 4, translate a "
                        "few sentences, and leave the bundle in --out.")
-    add_data_dir(p)
+    add_data_dir_argument(p)
     p.add_argument("--out", default="runs/demo", help="run directory (default: %(default)s)")
     p.add_argument("--mirror", dest="mirrors", action="append", default=[],
                    help="Multi30k mirror (URL or directory); also $MINDTRANS_MIRROR")

@@ -874,12 +874,15 @@ def _failure_message(out, run):
     return "\n".join(lines)
 
 
+def add_data_dir_argument(parser, purpose: str = "where datasets live") -> None:
+    """--data-dir, for every command and benchmark: the one owner of its default."""
+    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
+                        help=f"{purpose} (default: $MINDTRANS_DATA_DIR if set, else 'data')")
+
+
 def add_fetch_arguments(parser):
     """Add --data-dir, --mirror, --insecure and --timeout; dests match fetch_multi30k()."""
-    parser.add_argument(
-        "--data-dir", default=DEFAULT_DATA_DIR,
-        help="files go to DATA_DIR/multi30k (default: $MINDTRANS_DATA_DIR or 'data')",
-    )  # fmt: skip
+    add_data_dir_argument(parser, "files go to DATA_DIR/multi30k")
     parser.add_argument(
         "--mirror", dest="mirrors", action="append", default=[], metavar="URL_OR_PATH",
         help="http(s)://, file:// URL or path of a directory (of per-file gzips or WMT16 tarballs) "
