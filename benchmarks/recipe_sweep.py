@@ -29,7 +29,7 @@ try:
     import torch.nn.functional as F
     from torch import nn
 except ImportError:
-    sys.exit("recipe_sweep.py trains a PyTorch stand-in: install PyTorch first (pip install torch; a GPU makes it fast)")
+    sys.exit("recipe_sweep.py trains a PyTorch stand-in: install PyTorch first (pip install torch; a GPU is faster)")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mindtrans.data import BOS, EOS, PAD, load_split, tokenize  # noqa: E402 (these need no MindSpore)

@@ -309,8 +309,9 @@ class _Run:
             if local is None and self.cut_off[source.location] >= {tool for tool, _ in self.tools}:
                 self.log(f"  skipping the rest of {source.location}: unreachable or too slow")
                 return
-            if local is None and self._get(source, gzip_name(name),
-                                           lambda path: self._install_file(name, path, gzip_name(name), must_be_gzip=True)):
+            gz = gzip_name(name)
+            install = functools.partial(self._install_file, name, label=gz, must_be_gzip=True)
+            if local is None and self._get(source, gz, lambda path: install(path=path)):
                 continue
             tarball = SPLITS[name.split(".")[0]].tarball
             if (source.location, tarball) not in self.tried_tarballs:
