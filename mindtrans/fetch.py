@@ -310,8 +310,8 @@ class _Run:
                 self.log(f"  skipping the rest of {source.location}: unreachable or too slow")
                 return
             gz = gzip_name(name)
-            install = functools.partial(self._install_file, name, label=gz, must_be_gzip=True)
-            if local is None and self._get(source, gz, lambda path: install(path=path)):
+            if local is None and self._get(source, gz, functools.partial(self._install_file, name, label=gz,
+                                                                         must_be_gzip=True)):
                 continue
             tarball = SPLITS[name.split(".")[0]].tarball
             if (source.location, tarball) not in self.tried_tarballs:
@@ -608,8 +608,8 @@ def _output_name(member_name):
     course's zip (``datasets/valid/<anything>.de``); case ignored, a ``.gz`` suffix dropped.
     Hidden files and ``__MACOSX`` are skipped.
     """
-    parts = [part for part in member_name.lower().removesuffix(".gz").split("/") if part not in ("", ".")]
-    if not parts or any(part.startswith(".") or part == "__MACOSX" for part in parts):
+    parts = [part for part in _case_and_gz_dropped(member_name).split("/") if part not in ("", ".")]
+    if not parts or any(part.startswith(".") or part == "__macosx" for part in parts):
         return None
     if parts[-1] in _KNOWN_NAMES:
         return _KNOWN_NAMES[parts[-1]]
@@ -620,14 +620,19 @@ def _output_name(member_name):
     return None
 
 
+def _case_and_gz_dropped(member_name) -> str:
+    """`member_name` as it is recognised: lower case, a ``.gz`` suffix dropped (Train.DE.gz -> train.de)."""
+    return member_name.lower().removesuffix(".gz")
+
+
 def _has_known_name(member_name) -> bool:
     """Whether `member_name` is recognised by its file name (train.de.gz, Test2016.EN), not by its folder."""
-    return posixpath.basename(member_name.lower().removesuffix(".gz")) in _KNOWN_NAMES
+    return posixpath.basename(_case_and_gz_dropped(member_name)) in _KNOWN_NAMES
 
 
 def _same_file_gzipped(name, other) -> bool:
     """Whether one of two member names is the other with ``.gz`` added (train.de, train.de.gz)."""
-    return name != other and name.lower().removesuffix(".gz") == other.lower().removesuffix(".gz")
+    return name != other and _case_and_gz_dropped(name) == _case_and_gz_dropped(other)
 
 
 def _cap(name):

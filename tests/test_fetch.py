@@ -606,6 +606,7 @@ def test_parse_source(tmp_path):
         ("datasets/other/x.de", None),
         ("datasets/train/.hidden.de", None),
         ("__MACOSX/datasets/train/._train.de", None),
+        ("__MACOSX/datasets/train/train.de", None),
         ("datasets/train/", None),
         ("raw/TRAIN.DE.gz", "train.de"),
         ("Datasets/Valid/x.EN", "val.en"),
